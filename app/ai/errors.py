@@ -1,0 +1,209 @@
+"""One error tree for every provider, the Codegen client and the job layer.
+
+Errors are classified by HTTP status code and exception type, never by words in
+a message. Each class says whether it is worth retrying (``retryable``) and
+whether a provider chain may move on to its next provider (``fallback``).
+
+    AIProviderError
+    ├── InvalidRequestError            bad input caught before any network call
+    │   └── UnknownProviderError
+    ├── ProviderUnavailableError       cannot be used now (not configured, cooling down, down)
+    │   ├── ProviderNotConfiguredError missing credentials
+    │   └── ProviderConnectionError    connection refused/reset/DNS (retryable)
+    ├── ProviderAuthenticationError    401 / 403
+    ├── ProviderQuotaError             402, or OpenAI's insufficient_quota
+    ├── ProviderBadRequestError        400 / 404 / 422
+    │   ├── ProviderNotFoundError      404
+    │   └── ContextTooLongError        the prompt does not fit the model
+    ├── ProviderRateLimitError         429 (``retry_after``)
+    ├── ProviderTimeoutError           timed out (``timeout_duration``), or 408
+    ├── ProviderConflictError          409
+    ├── ProviderServerError            5xx
+    ├── ProviderResponseError          a 2xx whose body is not what the API documents
+    └── AgentRunFailedError            a Codegen run ended FAILED/ERROR/CANCELLED/...
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AIProviderError(Exception):
+    """Base of every error raised by the provider layer."""
+
+    retryable: ClassVar[bool] = False
+    fallback: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider_name: str | None = None,
+        status_code: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider_name = provider_name
+        self.status_code = status_code
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+    @property
+    def error_type(self) -> str:
+        """Stable name recorded in the database (the class name)."""
+        return type(self).__name__
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error_type": self.error_type,
+            "message": self.message,
+            "provider_name": self.provider_name,
+            "status_code": self.status_code,
+            "request_id": self.request_id,
+            "retry_after": self.retry_after,
+            "retryable": self.retryable,
+        }
+
+    def __str__(self) -> str:
+        where = f"[{self.provider_name}] " if self.provider_name else ""
+        code = f" (HTTP {self.status_code})" if self.status_code else ""
+        return f"{where}{self.message}{code}"
+
+
+class InvalidRequestError(AIProviderError, ValueError):
+    """The request is malformed (empty prompt, bad parameter); refused before any call.
+
+    Another provider would refuse it too, so a chain does not fall back.
+    """
+
+    fallback = False
+
+
+class UnknownProviderError(InvalidRequestError):
+    """No provider is registered under the name asked for."""
+
+
+class ProviderUnavailableError(AIProviderError):
+    """The provider cannot be used right now; a chain moves on to the next one."""
+
+
+class ProviderNotConfiguredError(ProviderUnavailableError):
+    """The provider's credentials are missing from the settings."""
+
+
+class ProviderConnectionError(ProviderUnavailableError):
+    """The connection failed (refused, reset, DNS, TLS). Worth another try."""
+
+    retryable = True
+
+
+class ProviderAuthenticationError(AIProviderError):
+    """The credentials were refused (401) or lack access (403)."""
+
+
+class ProviderQuotaError(AIProviderError):
+    """The account has no quota left (Codegen 402, OpenAI ``insufficient_quota``)."""
+
+
+class ProviderBadRequestError(AIProviderError):
+    """The provider refused the request as invalid (400, 422)."""
+
+
+class ProviderNotFoundError(ProviderBadRequestError):
+    """The resource (model, agent run) does not exist (404)."""
+
+
+class ContextTooLongError(ProviderBadRequestError):
+    """The prompt does not fit the model's context window."""
+
+
+class ProviderRateLimitError(AIProviderError):
+    """429. ``retry_after`` is the server's wait in seconds, when it said one."""
+
+    retryable = True
+
+
+class ProviderTimeoutError(AIProviderError):
+    """No answer within ``timeout_duration`` seconds (or the server answered 408)."""
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, timeout_duration: float | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.timeout_duration = timeout_duration
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "timeout_duration": self.timeout_duration}
+
+
+class ProviderConflictError(AIProviderError):
+    """409: a concurrent change on the provider's side. Worth another try."""
+
+    retryable = True
+
+
+class ProviderServerError(AIProviderError):
+    """5xx: the provider failed. Worth another try."""
+
+    retryable = True
+
+
+class ProviderResponseError(AIProviderError):
+    """A success status with a body that is not what the API documents (bad JSON)."""
+
+    retryable = True
+
+
+class AgentRunFailedError(AIProviderError):
+    """A Codegen agent run ended without success (FAILED, ERROR, CANCELLED, ...)."""
+
+    def __init__(
+        self, message: str, *, run_id: int | None = None, run_status: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.run_id = run_id
+        self.run_status = run_status
+
+
+_BY_STATUS: dict[int, type[AIProviderError]] = {
+    400: ProviderBadRequestError,
+    401: ProviderAuthenticationError,
+    402: ProviderQuotaError,
+    403: ProviderAuthenticationError,
+    404: ProviderNotFoundError,
+    408: ProviderTimeoutError,
+    409: ProviderConflictError,
+    413: ContextTooLongError,
+    422: ProviderBadRequestError,
+    429: ProviderRateLimitError,
+}
+
+
+def error_for_status(
+    status_code: int,
+    message: str,
+    *,
+    provider_name: str | None = None,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+) -> AIProviderError:
+    """The error class for an HTTP status: the one mapping every client uses."""
+    cls = _BY_STATUS.get(status_code)
+    if cls is None:
+        cls = ProviderServerError if status_code >= 500 else ProviderBadRequestError
+    return cls(
+        message,
+        provider_name=provider_name,
+        status_code=status_code,
+        request_id=request_id,
+        retry_after=retry_after,
+    )
+
+
+def is_retryable(error: BaseException) -> bool:
+    return isinstance(error, AIProviderError) and error.retryable

@@ -1,0 +1,123 @@
+"""One Settings object, read from the environment (and an optional ``.env`` file).
+
+Nothing here connects to anything: ``get_settings()`` only parses and checks
+values. A bad value fails at start with an error that names the environment
+variable, e.g. ``OPENAI_TIMEOUT: Input should be a valid number``. Secrets are
+``SecretStr``: their ``repr``/``str`` show ``**********``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path(".aiw-data")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed. The message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Every environment variable ai-worker reads. Field ``foo_bar`` is ``FOO_BAR``."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # --- OpenAI (or any OpenAI-compatible server) -----------------------------------
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_timeout: float = Field(60.0, gt=0, description="seconds per HTTP request")
+    openai_max_retries: int = Field(3, ge=0, le=20)
+    openai_default_model: str = "gpt-4o-mini"
+
+    # --- Codegen agent API ----------------------------------------------------------
+    codegen_org_id: int | None = None
+    codegen_token: SecretStr | None = None
+    codegen_base_url: str = "https://api.codegen.com"
+    codegen_timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
+    codegen_max_retries: int = Field(3, ge=0, le=20)
+    codegen_poll_interval: float = Field(5.0, gt=0, description="seconds between polls")
+    codegen_run_timeout: float = Field(
+        3600.0, gt=0, description="seconds a blocking CodegenProvider call waits for a run"
+    )
+
+    # --- Provider layer ------------------------------------------------------------
+    prefer_codegen: bool = True
+    ai_max_prompt_chars: int = Field(400_000, gt=0)
+    retry_base_delay: float = Field(1.0, gt=0, description="first backoff step, seconds")
+    retry_max_delay: float = Field(60.0, gt=0, description="cap of one backoff step, seconds")
+    retry_after_max: float = Field(
+        600.0, gt=0, description="cap on a server's Retry-After, seconds"
+    )
+    aiw_pricing_file: Path | None = None
+
+    # --- Infrastructure ------------------------------------------------------------
+    database_url: str | None = None
+    celery_broker_url: str | None = None
+    redis_url: str | None = None
+    flower_basic_auth: SecretStr | None = None
+    aiw_data_dir: Path = DEFAULT_DATA_DIR
+
+    # --- Logging -------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    enable_ai_logging: bool = False
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("openai_api_key", "codegen_token", "flower_basic_auth", mode="before")
+    @classmethod
+    def _blank_secret_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("codegen_org_id", "openai_base_url", "aiw_pricing_file", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    # Convenience -------------------------------------------------------------------
+    @property
+    def has_openai(self) -> bool:
+        return self.openai_api_key is not None
+
+    @property
+    def has_codegen(self) -> bool:
+        return self.codegen_token is not None and self.codegen_org_id is not None
+
+
+_SECRET_FIELDS = {"openai_api_key", "codegen_token", "flower_basic_auth"}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Parse the environment; raise ``ConfigError`` naming each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            shown = "" if field in _SECRET_FIELDS else f" (got {err.get('input')!r})"
+            problems.append(f"{field.upper()}: {err['msg']}{shown}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, parsed once. ``get_settings.cache_clear()`` re-reads."""
+    return load_settings()
