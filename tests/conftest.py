@@ -24,7 +24,9 @@ _OUR_VARS = {name.upper() for name in Settings.model_fields}
 
 
 @pytest.fixture(autouse=True)
-def clean_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def clean_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
     for name in list(os.environ):
         if name.upper() in _OUR_VARS:
             monkeypatch.delenv(name)

@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 
 
 class Usage(BaseModel):
-    """Token counts of one answer. ``cached`` is part of ``prompt``; ``reasoning`` of ``completion``."""
+    """Token counts of one answer.
+
+    ``cached_tokens`` are part of ``prompt_tokens``; ``reasoning_tokens`` of ``completion_tokens``.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -270,7 +273,9 @@ class AIProvider(ABC):
         def before_sleep(error: BaseException, delay: float) -> None:
             log.info("%s: %s; retrying in %.2fs", self.name, type(error).__name__, delay)
 
-        return self.retry_policy.call(lambda: self.generate_once(request), before_sleep=before_sleep)
+        return self.retry_policy.call(
+            lambda: self.generate_once(request), before_sleep=before_sleep
+        )
 
     def generate_once(self, request: AIRequest) -> AIResponse:
         """One try of a validated request, timed and counted in the stats."""

@@ -162,7 +162,11 @@ class AgentRunFailedError(AIProviderError):
     """A Codegen agent run ended without success (FAILED, ERROR, CANCELLED, ...)."""
 
     def __init__(
-        self, message: str, *, run_id: int | None = None, run_status: str | None = None,
+        self,
+        message: str,
+        *,
+        run_id: int | None = None,
+        run_status: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(message, **kwargs)

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
+def parse_retry_after(
+    headers: Mapping[str, str] | None, *, now: float | None = None
+) -> float | None:
     """Seconds to wait according to ``retry-after-ms`` or ``Retry-After``; None if absent/bad.
 
     ``headers`` may be any case-insensitive mapping (requests, httpx) or a plain dict.

@@ -12,6 +12,7 @@ timeouts and all. Faults are switched on from the test:
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import random
@@ -162,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests read srv.requests instead
 
     def _handle(self) -> None:
@@ -188,10 +189,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault = fake.faults.next() if not request.path.startswith("/_sandbox") else None
         if fault is not None and fault.kind == "drop":
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return
         if fault is not None and fault.kind == "slow":
             time.sleep(fault.seconds)
@@ -205,8 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(reply)
 
     def _send(self, reply: Reply) -> None:
-        data = reply.raw if reply.raw is not None else (
-            b"" if reply.body is None else json.dumps(reply.body).encode()
+        data = (
+            reply.raw
+            if reply.raw is not None
+            else (b"" if reply.body is None else json.dumps(reply.body).encode())
         )
         try:
             self.send_response(reply.status)
@@ -253,7 +254,9 @@ class FakeServer:
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
             name=f"{type(self).__name__}:{self.port}",
         )
         self._thread.start()
@@ -280,8 +283,12 @@ class FakeServer:
         with self._lock:
             self.requests.append(
                 RecordedRequest(
-                    request.method, request.path, request.query, request.headers,
-                    request.body, time.time(),
+                    request.method,
+                    request.path,
+                    request.query,
+                    request.headers,
+                    request.body,
+                    time.time(),
                 )
             )
 
@@ -300,5 +307,6 @@ class FakeServer:
 
     def fault_reply(self, fault: Fault) -> Reply:
         """The body of a status fault in this API's error shape."""
-        return Reply(fault.status, fault.body or {"message": f"fault {fault.status}"},
-                     dict(fault.headers))
+        return Reply(
+            fault.status, fault.body or {"message": f"fault {fault.status}"}, dict(fault.headers)
+        )
