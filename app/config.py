@@ -12,7 +12,7 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".aiw-data")
@@ -61,6 +61,26 @@ class Settings(BaseSettings):
     )
     aiw_pricing_file: Path | None = None
 
+    # --- Jobs and workers -----------------------------------------------------------
+    aiw_max_countdown: float = Field(
+        300.0, gt=0, description="longest retry wait kept as a broker countdown; longer waits are"
+        " parked in the database for the sweep"
+    )
+    aiw_task_soft_time_limit: float = Field(540.0, gt=0, description="seconds, per task")
+    aiw_task_time_limit: float = Field(600.0, gt=0, description="seconds, per task (hard kill)")
+    aiw_job_lease: float | None = Field(
+        None, gt=0, description="seconds a worker owns a running job; default time limit + 60"
+    )
+    aiw_republish_after: float = Field(
+        300.0, gt=0, description="a queued/waiting job untouched this long is published again"
+    )
+    aiw_sweep_interval: float = Field(15.0, gt=0, description="seconds between sweeps (beat)")
+    aiw_visibility_timeout: float = Field(
+        3600.0, gt=0, description="Redis visibility timeout; must exceed AIW_MAX_COUNTDOWN"
+    )
+    aiw_worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
+    aiw_worker_concurrency: int = Field(32, gt=0, le=2000)
+
     # --- Infrastructure ------------------------------------------------------------
     database_url: str | None = None
     celery_broker_url: str | None = None
@@ -100,6 +120,19 @@ class Settings(BaseSettings):
     def has_codegen(self) -> bool:
         return self.codegen_token is not None and self.codegen_org_id is not None
 
+    @property
+    def job_lease(self) -> float:
+        """Seconds a claimed job stays owned by its worker before others may take it."""
+        return self.aiw_job_lease or self.aiw_task_time_limit + 60.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.aiw_task_soft_time_limit >= self.aiw_task_time_limit:
+            raise ValueError("AIW_TASK_SOFT_TIME_LIMIT must be below AIW_TASK_TIME_LIMIT")
+        if self.aiw_visibility_timeout <= self.aiw_max_countdown:
+            raise ValueError("AIW_VISIBILITY_TIMEOUT must exceed AIW_MAX_COUNTDOWN")
+        return self
+
 
 _SECRET_FIELDS = {"openai_api_key", "codegen_token", "flower_basic_auth"}
 
@@ -111,7 +144,10 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
+            if not err["loc"]:  # a check across several variables names them itself
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
+            field = str(err["loc"][0])
             shown = "" if field in _SECRET_FIELDS else f" (got {err.get('input')!r})"
             problems.append(f"{field.upper()}: {err['msg']}{shown}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.plugins.openai_fake",
     "tests.plugins.codegen_fake",
     "tests.plugins.database",
+    "tests.plugins.services",
 ]
 
 _OUR_VARS = {name.upper() for name in Settings.model_fields}

@@ -1,0 +1,93 @@
+"""Provider cooldowns shared by every worker.
+
+A 429 puts a provider (and the key it was called with) into a cooldown that
+lasts until its Retry-After. Every worker reads it before calling and defers
+instead of calling, so many workers do not storm a provider that said "wait".
+
+Kept in Redis (``REDIS_URL``, else a ``redis://`` broker URL) as keys with a
+TTL: ``aiw:cooldown:<provider>:<key digest>``. Without Redis (the embedded
+mode) the cooldown lives in this process only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from app.config import Settings
+
+KEY_PREFIX = "aiw:cooldown:"
+
+
+def credential_digest(settings: Settings, provider: str) -> str:
+    """A short digest naming which key a cooldown is for; not reversible, never the key."""
+    if provider == "openai" and settings.openai_api_key is not None:
+        secret = settings.openai_api_key.get_secret_value() + (settings.openai_base_url or "")
+    elif provider == "codegen" and settings.codegen_token is not None:
+        secret = settings.codegen_token.get_secret_value() + str(settings.codegen_org_id)
+    else:
+        secret = ""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+class CooldownStore(Protocol):
+    def start(self, name: str, seconds: float) -> None: ...
+
+    def remaining(self, name: str) -> float: ...
+
+
+class RedisCooldowns:
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(url)
+
+    def start(self, name: str, seconds: float) -> None:
+        ms = max(1, int(seconds * 1000))
+        key = KEY_PREFIX + name
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(key, b"1", px=ms, nx=True)
+        pipe.pexpire(key, ms, gt=True)  # only ever lengthen a cooldown, never shorten it
+        pipe.execute()
+
+    def remaining(self, name: str) -> float:
+        ttl = int(self._redis.pttl(KEY_PREFIX + name))
+        return ttl / 1000.0 if ttl > 0 else 0.0
+
+
+class MemoryCooldowns:
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def start(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self._until[name] = max(self._until.get(name, 0.0), time.monotonic() + seconds)
+
+    def remaining(self, name: str) -> float:
+        with self._lock:
+            return max(0.0, self._until.get(name, 0.0) - time.monotonic())
+
+
+def redis_url_for(settings: Settings) -> str | None:
+    if settings.redis_url:
+        return settings.redis_url
+    broker = settings.celery_broker_url or ""
+    return broker if broker.startswith(("redis://", "rediss://")) else None
+
+
+_stores: dict[str | None, CooldownStore] = {}
+_stores_lock = threading.Lock()
+
+
+def get_cooldowns(settings: Settings) -> CooldownStore:
+    url = redis_url_for(settings)
+    with _stores_lock:
+        store = _stores.get(url)
+        if store is None:
+            store = RedisCooldowns(url) if url else MemoryCooldowns()
+            _stores[url] = store
+        return store

@@ -1,0 +1,370 @@
+"""One run of an AI request: what the Celery task calls, and all it does.
+
+A run is three short steps, each its own transaction, and no database
+connection is held while the provider thinks:
+
+1. **Claim** the job with one conditional UPDATE: only a job that is queued,
+   due, or running under an expired lease can be claimed. The claim sets a
+   fresh ``claim_token`` and a lease. A redelivered message for a finished job,
+   or for one another worker owns, claims nothing and ends there.
+2. **Call** one provider of the job's chain, once (``generate_once``): the retry
+   loop of this path is the broker's, not ours. A provider in a shared cooldown
+   is not called; the job is deferred until the cooldown ends.
+3. **Record**, fenced by the claim token: one attempt row, one usage row on
+   success (unique per attempt), and the job's next state: done, retry after a
+   countdown, parked until ``next_attempt_at`` (long waits, for the sweep), or
+   moved to the next provider of the chain.
+
+The answer (an ``Outcome``) tells the task what to do with the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import and_, or_, select, update
+
+from app.ai.base import AIProvider, AIRequest, AIResponse
+from app.ai.errors import AIProviderError, ProviderRateLimitError, ProviderUnavailableError
+from app.ai.factory import automatic_order, build_provider
+from app.config import get_settings
+from app.db.base import utcnow
+from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus, UsageRow
+from app.db.session import session_scope
+from app.jobs.cooldown import credential_digest, get_cooldowns
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from app.config import Settings
+
+log = logging.getLogger(__name__)
+
+Action = Literal["done", "retry", "parked", "skipped"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one run, and what the task should do with its message."""
+
+    job_id: str
+    action: Action
+    status: str | None = None
+    countdown: float | None = None  # for "retry": publish again after this many seconds
+    callback: str | None = None  # for "done": a Celery task name to send the job id to
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class _Claim:
+    job_id: uuid.UUID
+    token: str
+    number: int  # this attempt's number within the job
+    provider: str
+    chain: list[str]
+    request: AIRequest
+
+
+class _InternalError(AIProviderError):
+    """An unexpected exception inside a provider call (a bug, not the provider's answer)."""
+
+
+# --- providers, one per process and name ----------------------------------------------
+
+_providers: dict[tuple[str, int], AIProvider] = {}
+_providers_lock = threading.Lock()
+
+
+def _provider(name: str, settings: Settings) -> AIProvider:
+    key = (name, id(settings))
+    with _providers_lock:
+        provider = _providers.get(key)
+        if provider is None:
+            if len(_providers) > 32:
+                _providers.clear()
+            provider = build_provider(name, settings=settings)
+            _providers[key] = provider
+        return provider
+
+
+def reset_providers() -> None:
+    """Forget cached providers (after fork, or when settings change)."""
+    with _providers_lock:
+        _providers.clear()
+
+
+# --- the run -------------------------------------------------------------------------
+
+
+def run_job(job_id: str | uuid.UUID, *, settings: Settings | None = None) -> Outcome:
+    settings = settings or get_settings()
+    try:
+        jid = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+    except ValueError:
+        log.error("dropping a message with a malformed job id %r", job_id)
+        return Outcome(str(job_id), "skipped", reason="malformed job id")
+
+    claim_or_outcome = _claim(jid, settings)
+    if isinstance(claim_or_outcome, Outcome):
+        return claim_or_outcome
+    claim = claim_or_outcome
+
+    provider = _provider(claim.provider, settings)
+    cooldown_name = f"{claim.provider}:{credential_digest(settings, claim.provider)}"
+    waiting = _cooldown_remaining(cooldown_name, settings)
+    if waiting > 0:
+        return _defer(claim, waiting, settings)
+
+    started = utcnow()
+    t0 = time.perf_counter()
+    response: AIResponse | None = None
+    error: AIProviderError | None = None
+    try:
+        response = provider.generate_once(claim.request)
+    except AIProviderError as exc:
+        error = exc
+    except Exception as exc:  # noqa: BLE001 - the one boundary around a provider call
+        log.exception("job %s: unexpected error in provider %s", jid, claim.provider)
+        error = _InternalError(f"{type(exc).__name__}: {exc}", provider_name=claim.provider)
+    latency = time.perf_counter() - t0
+
+    if isinstance(error, ProviderRateLimitError):
+        delay = provider.retry_policy.delay_for(error, 0)
+        _start_cooldown(cooldown_name, delay, settings)
+
+    return _record(claim, provider, started, latency, response, error, settings)
+
+
+def _claimable(now: datetime) -> Any:
+    return or_(
+        and_(
+            AIRequestRow.status.in_([JobStatus.QUEUED, JobStatus.WAITING]),
+            or_(AIRequestRow.next_attempt_at.is_(None), AIRequestRow.next_attempt_at <= now),
+        ),
+        and_(AIRequestRow.status == JobStatus.RUNNING, AIRequestRow.lease_expires_at < now),
+    )
+
+
+def _claim(jid: uuid.UUID, settings: Settings) -> _Claim | Outcome:
+    now = utcnow()
+    token = str(uuid.uuid4())
+    with session_scope() as session:
+        result = session.execute(
+            update(AIRequestRow)
+            .where(AIRequestRow.id == jid, _claimable(now))
+            .values(
+                status=JobStatus.RUNNING,
+                claim_token=token,
+                lease_expires_at=now + timedelta(seconds=settings.job_lease),
+                attempt_count=AIRequestRow.attempt_count + 1,
+                next_attempt_at=None,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        row = session.get(AIRequestRow, jid)
+        if row is None:
+            log.warning("job %s: no such job; message dropped", jid)
+            return Outcome(str(jid), "skipped", reason="no such job")
+        if not getattr(result, "rowcount", 0):
+            return _not_claimed(row, now, settings)
+        if row.started_at is None:
+            row.started_at = now
+        if not row.provider_chain:
+            row.provider_chain = (
+                [row.provider_requested]
+                if row.provider_requested
+                else automatic_order(settings.prefer_codegen, settings)
+            )
+        chain = list(row.provider_chain)
+        if row.provider_index >= len(chain):
+            error = ProviderUnavailableError(
+                "no AI provider is configured in the worker (set OPENAI_API_KEY, or "
+                "CODEGEN_TOKEN and CODEGEN_ORG_ID, in the worker's environment)"
+            )
+            _finish(row, JobStatus.FAILED, now, error=error)
+            return Outcome(str(jid), "done", JobStatus.FAILED, callback=row.callback,
+                           reason=error.message)
+        params = row.parameters or {}
+        request = AIRequest(
+            prompt=row.prompt,
+            system_prompt=row.system_prompt,
+            model=row.model,
+            temperature=float(params.get("temperature", 0.0)),
+            max_tokens=params.get("max_tokens"),
+            extra=dict(params.get("provider_kwargs") or {}),
+        )
+        return _Claim(jid, token, row.attempt_count, chain[row.provider_index], chain, request)
+
+
+def _not_claimed(row: AIRequestRow, now: datetime, settings: Settings) -> Outcome:
+    jid = str(row.id)
+    status = JobStatus(row.status)
+    if status.is_terminal:
+        return Outcome(jid, "skipped", status, reason=f"already {status}")
+    if status == JobStatus.WAITING and row.next_attempt_at is not None:
+        remaining = (row.next_attempt_at - now).total_seconds()
+        if remaining <= settings.aiw_max_countdown:
+            return Outcome(jid, "retry", status, countdown=max(0.0, remaining), reason="early")
+        return Outcome(jid, "skipped", status, reason="parked until next_attempt_at")
+    return Outcome(jid, "skipped", status, reason="owned by another worker")
+
+
+def _cooldown_remaining(name: str, settings: Settings) -> float:
+    try:
+        return get_cooldowns(settings).remaining(name)
+    except Exception as exc:  # noqa: BLE001 - cooldowns are advisory: never lose a job to them
+        log.warning("cooldown store unreachable (%s); calling without it", type(exc).__name__)
+        return 0.0
+
+
+def _start_cooldown(name: str, seconds: float, settings: Settings) -> None:
+    if seconds <= 0:
+        return
+    try:
+        get_cooldowns(settings).start(name, seconds)
+    except Exception as exc:  # noqa: BLE001 - advisory, see above
+        log.warning("cooldown store unreachable (%s); cooldown not shared", type(exc).__name__)
+
+
+def _schedule(row: AIRequestRow, delay: float, now: datetime, settings: Settings) -> tuple[
+    Action, float | None
+]:
+    """Put a job to wait ``delay`` seconds: a broker countdown, or parked for the sweep."""
+    row.status = JobStatus.WAITING
+    row.next_attempt_at = now + timedelta(seconds=delay)
+    row.claim_token = None
+    row.lease_expires_at = None
+    row.updated_at = now
+    if delay <= settings.aiw_max_countdown:
+        row.published_at = now  # the task re-publishes itself with this countdown
+        return "retry", delay
+    row.published_at = None  # no message waits for it: the sweep publishes when due
+    return "parked", None
+
+
+def _defer(claim: _Claim, waiting: float, settings: Settings) -> Outcome:
+    """The provider is cooling down: give the claim back without calling it."""
+    now = utcnow()
+    delay = waiting + random.uniform(0, min(1.0, waiting * 0.1))  # spread the herd
+    with session_scope() as session:
+        row = session.get(AIRequestRow, claim.job_id, with_for_update=True)
+        if row is None or row.claim_token != claim.token:
+            return Outcome(str(claim.job_id), "skipped", reason="claim lost")
+        row.attempt_count -= 1  # nothing was tried
+        action, countdown = _schedule(row, delay, now, settings)
+        return Outcome(str(claim.job_id), action, JobStatus.WAITING, countdown=countdown,
+                       reason=f"{claim.provider} cooling down")
+
+
+def _finish(
+    row: AIRequestRow,
+    status: JobStatus,
+    now: datetime,
+    *,
+    response: AIResponse | None = None,
+    error: AIProviderError | None = None,
+) -> None:
+    row.status = status
+    row.finished_at = now
+    row.updated_at = now
+    row.claim_token = None
+    row.lease_expires_at = None
+    row.next_attempt_at = None
+    if response is not None:
+        row.result = response.model_dump(mode="json")
+        row.provider_used = response.provider_name
+        row.model = response.model
+        row.error_type = row.error_message = None
+    if error is not None:
+        row.error_type = error.error_type
+        row.error_message = str(error)
+
+
+def _record(
+    claim: _Claim,
+    provider: AIProvider,
+    started: datetime,
+    latency: float,
+    response: AIResponse | None,
+    error: AIProviderError | None,
+    settings: Settings,
+) -> Outcome:
+    now = utcnow()
+    jid = str(claim.job_id)
+    with session_scope() as session:
+        row = session.get(AIRequestRow, claim.job_id, with_for_update=True)
+        attempt = AttemptRow(
+            request_id=claim.job_id,
+            number=claim.number,
+            provider=claim.provider,
+            model=response.model if response else claim.request.model,
+            latency_s=latency,
+            started_at=started,
+            finished_at=now,
+        )
+        if error is not None:
+            attempt.http_status = error.status_code
+            attempt.retry_after_s = error.retry_after
+            attempt.error_type = error.error_type
+            attempt.error_message = str(error)[:4000]
+            attempt.provider_request_id = error.request_id
+        elif response is not None:
+            attempt.provider_request_id = response.request_id
+        session.add(attempt)
+
+        if row is None or row.claim_token != claim.token or row.status != JobStatus.RUNNING:
+            # Cancelled meanwhile, or our lease ran out and another worker took over.
+            attempt.outcome = AttemptOutcome.SUPERSEDED
+            return Outcome(jid, "skipped", row.status if row else None, reason="claim lost")
+
+        if response is not None:
+            attempt.outcome = AttemptOutcome.SUCCEEDED
+            usage = response.usage
+            session.add(
+                UsageRow(
+                    attempt=attempt,
+                    request_id=claim.job_id,
+                    provider=response.provider_name,
+                    model=response.model,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    cached_tokens=usage.cached_tokens,
+                    reasoning_tokens=usage.reasoning_tokens,
+                    total_tokens=usage.total_tokens,
+                    cost_usd=response.cost_usd,
+                    latency_s=latency,
+                    created_at=now,
+                )
+            )
+            _finish(row, JobStatus.SUCCEEDED, now, response=response)
+            return Outcome(jid, "done", JobStatus.SUCCEEDED, callback=row.callback)
+
+        assert error is not None
+        policy = provider.retry_policy
+        if policy.should_retry(error, row.retries_on_provider):
+            attempt.outcome = AttemptOutcome.RETRY
+            delay = policy.delay_for(error, row.retries_on_provider)
+            row.retries_on_provider += 1
+            action, countdown = _schedule(row, delay, now, settings)
+            return Outcome(jid, action, JobStatus.WAITING, countdown=countdown,
+                           reason=error.error_type)
+
+        attempt.outcome = AttemptOutcome.FAILED
+        if error.fallback and row.provider_index + 1 < len(claim.chain):
+            row.provider_index += 1
+            row.retries_on_provider = 0
+            action, countdown = _schedule(row, 0.0, now, settings)
+            return Outcome(jid, action, JobStatus.WAITING, countdown=countdown,
+                           reason=f"falling back to {claim.chain[row.provider_index]}")
+
+        _finish(row, JobStatus.FAILED, now, error=error)
+        return Outcome(jid, "done", JobStatus.FAILED, callback=row.callback,
+                       reason=error.error_type)

@@ -1,0 +1,364 @@
+"""Submit and follow AI requests: the public way to enqueue work.
+
+    job = submit("Summarise this file", system_prompt="...", tags=["docs"])
+    job.wait(timeout=60)
+    job.result().content
+
+``submit`` validates everything before anything is written or queued, writes
+the row (status ``queued``), commits, and only then publishes a message that
+carries the row id. If publishing fails the job is still accepted: the sweep
+publishes it later. The database is the source of truth; the broker is only
+the transport.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.ai.base import AIRequest, AIResponse
+from app.ai.errors import InvalidRequestError
+from app.ai.factory import provider_names
+from app.db.base import utcnow
+from app.db.models import AIRequestRow, AttemptRow, JobStatus
+from app.db.session import session_scope
+from app.jobs.errors import JobFailedError, JobNotFinishedError, JobNotFoundError, JobTimeoutError
+from app.jobs.publisher import PublishError, get_publisher
+
+log = logging.getLogger(__name__)
+
+MAX_TAGS = 50
+MAX_KEY_LENGTH = 255
+_TASK_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
+
+
+class Attempt(BaseModel):
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
+    number: int
+    provider: str
+    model: str | None
+    outcome: str
+    http_status: int | None
+    latency_s: float | None
+    retry_after_s: float | None
+    error_type: str | None
+    error_message: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class Job(BaseModel):
+    """A read-only view of one AI request."""
+
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
+    id: uuid.UUID
+    kind: str
+    status: JobStatus
+    provider_requested: str | None
+    provider_chain: list[str]
+    provider_used: str | None
+    model: str | None
+    prompt: str
+    system_prompt: str | None
+    parameters: dict[str, Any]
+    tags: list[str]
+    subject: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error_type: str | None
+    error_message: str | None
+    attempt_count: int
+    next_attempt_at: datetime | None
+    idempotency_key: str | None
+    callback: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_terminal
+
+    def response(self) -> AIResponse | None:
+        return None if self.result is None else AIResponse.model_validate(self.result)
+
+
+def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(job_id, uuid.UUID):
+        return job_id
+    try:
+        return uuid.UUID(str(job_id))
+    except ValueError:
+        raise JobNotFoundError(f"no job {job_id!r}: not a job id") from None
+
+
+def _check_json(name: str, value: Any) -> None:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"{name} must be JSON-serialisable: {exc}") from None
+
+
+def _validate(
+    prompt: object,
+    system_prompt: object,
+    provider: object,
+    model: object,
+    temperature: object,
+    max_tokens: object,
+    tags: object,
+    idempotency_key: object,
+    callback: object,
+    subject: object,
+    provider_kwargs: dict[str, Any],
+) -> AIRequest:
+    request = AIRequest.build(
+        prompt, system_prompt=system_prompt, model=model, temperature=temperature,
+        max_tokens=max_tokens,
+    )
+    if provider is not None and provider not in provider_names():
+        raise InvalidRequestError(
+            f"unknown provider {provider!r}; known providers: {', '.join(provider_names())}"
+        )
+    if tags is not None:
+        if isinstance(tags, str) or not isinstance(tags, Sequence):
+            raise InvalidRequestError("tags must be a list of strings")
+        if len(tags) > MAX_TAGS or not all(isinstance(t, str) and 0 < len(t) <= 100 for t in tags):
+            raise InvalidRequestError(f"tags must be at most {MAX_TAGS} strings of 1..100 chars")
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= MAX_KEY_LENGTH
+    ):
+        raise InvalidRequestError(f"idempotency_key must be a string of 1..{MAX_KEY_LENGTH} chars")
+    if callback is not None and (
+        not isinstance(callback, str)
+        or not callback
+        or len(callback) > 255
+        or not set(callback) <= _TASK_NAME_CHARS
+    ):
+        raise InvalidRequestError(f"callback must be a Celery task name, got {callback!r}")
+    if subject is not None and not isinstance(subject, dict):
+        raise InvalidRequestError("subject must be a dict")
+    _check_json("provider keyword arguments", provider_kwargs)
+    _check_json("subject", subject)
+    return request
+
+
+def submit(
+    prompt: str,
+    system_prompt: str | None = None,
+    provider: str | None = None,
+    model: str | None = None,
+    temperature: float = 0.0,
+    max_tokens: int | None = None,
+    tags: list[str] | None = None,
+    idempotency_key: str | None = None,
+    callback: str | None = None,
+    *,
+    subject: dict[str, Any] | None = None,
+    **provider_kwargs: Any,
+) -> JobHandle:
+    """Accept an AI request and queue it. Returns at once with a ``JobHandle``.
+
+    Raises ``InvalidRequestError`` (nothing written, nothing queued) for bad input.
+    The same ``idempotency_key`` twice returns the first job (its parameters win).
+    """
+    request = _validate(
+        prompt, system_prompt, provider, model, temperature, max_tokens, tags,
+        idempotency_key, callback, subject, provider_kwargs,
+    )
+    if idempotency_key is not None:
+        existing = _find_by_key(idempotency_key)
+        if existing is not None:
+            return JobHandle(existing)
+    job_id = uuid.uuid4()
+    now = utcnow()
+    row = AIRequestRow(
+        id=job_id,
+        status=JobStatus.QUEUED,
+        provider_requested=provider,
+        provider_chain=[],
+        model=request.model,
+        prompt=request.prompt,
+        system_prompt=request.system_prompt,
+        parameters={
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+            "provider_kwargs": provider_kwargs,
+        },
+        tags=list(tags or []),
+        subject=subject,
+        idempotency_key=idempotency_key,
+        callback=callback,
+        published_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        with session_scope() as session:
+            session.add(row)
+    except IntegrityError:
+        # Another submit with the same key won the race: return its job.
+        existing = _find_by_key(idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return JobHandle(existing)
+    publish(job_id)
+    return JobHandle(job_id)
+
+
+def publish(job_id: uuid.UUID, countdown: float | None = None) -> bool:
+    """Hand the job to the queue; on failure leave it to the sweep. True if published."""
+    try:
+        get_publisher().publish_job(str(job_id), countdown=countdown)
+    except Exception as exc:  # noqa: BLE001 - any broker failure: the row is safe, the sweep retries
+        log.warning("job %s accepted but not published (%s); the sweep will publish it",
+                    job_id, type(exc).__name__)
+        if isinstance(exc, PublishError):
+            log.warning("%s", exc)
+        return False
+    return True
+
+
+def _find_by_key(key: str) -> uuid.UUID | None:
+    with session_scope() as session:
+        return session.scalar(select(AIRequestRow.id).where(AIRequestRow.idempotency_key == key))
+
+
+def get_job(job_id: uuid.UUID | str) -> Job:
+    """The job as it stands now; ``JobNotFoundError`` when there is none."""
+    with session_scope() as session:
+        row = session.get(AIRequestRow, _parse_id(job_id))
+        if row is None:
+            raise JobNotFoundError(f"no job {job_id}")
+        return Job.model_validate(row)
+
+
+def get_attempts(job_id: uuid.UUID | str) -> list[Attempt]:
+    with session_scope() as session:
+        rows = session.scalars(
+            select(AttemptRow)
+            .where(AttemptRow.request_id == _parse_id(job_id))
+            .order_by(AttemptRow.number)
+        )
+        return [Attempt.model_validate(r) for r in rows]
+
+
+def list_jobs(
+    status: str | Iterable[str] | None = None,
+    provider: str | None = None,
+    tag: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[Job]:
+    """Newest first. ``status`` one or several; ``provider`` matches the one that answered."""
+    if not 0 < limit <= 1000:
+        raise InvalidRequestError("limit must be between 1 and 1000")
+    query = select(AIRequestRow).order_by(AIRequestRow.created_at.desc(), AIRequestRow.id)
+    if status is not None:
+        wanted = [status] if isinstance(status, str) else list(status)
+        unknown = [s for s in wanted if s not in {m.value for m in JobStatus}]
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown status {unknown[0]!r}; one of {', '.join(m.value for m in JobStatus)}"
+            )
+        query = query.where(AIRequestRow.status.in_(wanted))
+    if provider is not None:
+        query = query.where(AIRequestRow.provider_used == provider)
+    if since is not None:
+        query = query.where(AIRequestRow.created_at >= since)
+    if until is not None:
+        query = query.where(AIRequestRow.created_at < until)
+    with session_scope() as session:
+        rows = list(session.scalars(query.limit(limit if tag is None else 1000).offset(offset)))
+        jobs = [Job.model_validate(r) for r in rows]
+    if tag is not None:  # tags are a JSON list: filter here, portable across databases
+        jobs = [j for j in jobs if tag in j.tags][:limit]
+    return jobs
+
+
+def cancel(job_id: uuid.UUID | str) -> bool:
+    """Cancel a job that has not finished. True if it was cancelled now.
+
+    A try already in flight is not interrupted, but its answer is discarded.
+    """
+    now = utcnow()
+    with session_scope() as session:
+        result = session.execute(
+            update(AIRequestRow)
+            .where(
+                AIRequestRow.id == _parse_id(job_id),
+                AIRequestRow.status.not_in([s.value for s in JobStatus.TERMINAL]),
+            )
+            .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now,
+                    claim_token=None, lease_expires_at=None, next_attempt_at=None,
+                    error_type="Cancelled", error_message="cancelled by the user")
+            .execution_options(synchronize_session=False)
+        )
+        changed = bool(getattr(result, "rowcount", 0))
+        if not changed and session.get(AIRequestRow, _parse_id(job_id)) is None:
+            raise JobNotFoundError(f"no job {job_id}")
+        return changed
+
+
+class JobHandle:
+    """What ``submit`` returns: the id, and ways to follow the job."""
+
+    def __init__(self, job_id: uuid.UUID | str) -> None:
+        self.id = _parse_id(job_id)
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobHandle) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def get(self) -> Job:
+        return get_job(self.id)
+
+    def status(self) -> JobStatus:
+        return self.get().status
+
+    def wait(self, timeout: float | None = None, poll_interval: float = 0.05) -> Job:
+        """Block until the job ends (polls the database, backing off to 1 s)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = poll_interval
+        while True:
+            job = self.get()
+            if job.is_finished:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobTimeoutError(f"job {self.id} still {job.status} after {timeout}s")
+            time.sleep(delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 1.0)
+
+    def result(self) -> AIResponse:
+        """The answer of a succeeded job; ``JobFailedError`` for a failed or cancelled one."""
+        job = self.get()
+        if job.status == JobStatus.SUCCEEDED and job.result is not None:
+            return AIResponse.model_validate(job.result)
+        if job.is_finished:
+            raise JobFailedError(job.error_type, job.error_message, job_id=str(self.id))
+        raise JobNotFinishedError(f"job {self.id} is {job.status}")
+
+    def cancel(self) -> bool:
+        return cancel(self.id)
+
+    def attempts(self) -> list[Attempt]:
+        return get_attempts(self.id)
+

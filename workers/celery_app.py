@@ -1,0 +1,117 @@
+"""The Celery application, configured from ``app.config``.
+
+Creating the app object connects to nothing; the broker is reached when a
+worker starts or a task is published.
+
+Queues: ``ai_requests`` (AI calls), ``agent_runs`` (Codegen run polling),
+``webhooks`` (deliveries), ``maintenance`` (the sweep). Run a worker for all of
+them with ``aiw worker`` or ``celery -A workers.celery_app worker -Q
+ai_requests,agent_runs,webhooks,maintenance``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from app.config import Settings, get_settings
+
+QUEUE_AI = "ai_requests"
+QUEUE_AGENT_RUNS = "agent_runs"
+QUEUE_WEBHOOKS = "webhooks"
+QUEUE_MAINTENANCE = "maintenance"
+ALL_QUEUES = (QUEUE_AI, QUEUE_AGENT_RUNS, QUEUE_WEBHOOKS, QUEUE_MAINTENANCE)
+
+TASK_RUN_AI_REQUEST = "aiw.ai_request.run"
+TASK_SWEEP = "aiw.maintenance.sweep"
+
+
+def broker_url(settings: Settings) -> str:
+    """``CELERY_BROKER_URL``, else an embedded broker that needs no server (SQLite)."""
+    if settings.celery_broker_url:
+        return settings.celery_broker_url
+    data = Path(settings.aiw_data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)  # first use only: the configuration is lazy
+    return f"sqla+sqlite:///{data / 'broker.sqlite3'}"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    url = broker_url(settings)
+    return {
+        "broker_url": url,
+        # Keep trying to reach the broker at start instead of dying (compose starts
+        # services in parallel).
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # Redis re-delivers a message not acknowledged within this time. It must be
+            # longer than any countdown we schedule (AIW_MAX_COUNTDOWN; longer waits are
+            # parked in the database) and than the longest task, or a task runs twice.
+            "visibility_timeout": settings.aiw_visibility_timeout,
+        },
+        # No result backend: the database holds every result; nothing (and no secret)
+        # is copied into the broker's result store.
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # Acknowledge after the task ran, and give the message back when the worker
+        # process dies mid-task: an accepted job survives kill -9.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # Take one message per free slot: slow AI calls should not sit prefetched behind
+        # a busy thread while another worker idles.
+        "worker_prefetch_multiplier": 1,
+        # Countdown (ETA) messages are held by the worker until due; bound how many.
+        "worker_eta_task_limit": 1000,
+        # Soft shutdown: on SIGTERM, running tasks get this long to finish before the
+        # cold shutdown hands their messages back to the broker.
+        "worker_soft_shutdown_timeout": 10.0,
+        "worker_enable_soft_shutdown_on_idle": True,
+        # A provider call has its own HTTP timeout; these bound a task that hangs anyway
+        # (enforced by prefork and gevent pools; the threads pool relies on the HTTP
+        # timeouts and on the job lease, which outlives the hard limit).
+        "task_soft_time_limit": settings.aiw_task_soft_time_limit,
+        "task_time_limit": settings.aiw_task_time_limit,
+        # Events so Flower sees tasks, including the ones still queued.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        # If the broker connection drops, stop long tasks: their messages come back.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Many slow, I/O-bound calls on one process: threads, not processes.
+        "worker_pool": settings.aiw_worker_pool,
+        "worker_concurrency": settings.aiw_worker_concurrency,
+        "task_default_queue": QUEUE_AI,
+        "task_queues": [Queue(name) for name in ALL_QUEUES],
+        "task_routes": {
+            "aiw.ai_request.*": {"queue": QUEUE_AI},
+            "aiw.agent_run.*": {"queue": QUEUE_AGENT_RUNS},
+            "aiw.webhook.*": {"queue": QUEUE_WEBHOOKS},
+            "aiw.maintenance.*": {"queue": QUEUE_MAINTENANCE},
+        },
+        "beat_schedule": {
+            "sweep": {
+                "task": TASK_SWEEP,
+                "schedule": settings.aiw_sweep_interval,
+                "options": {"queue": QUEUE_MAINTENANCE, "expires": settings.aiw_sweep_interval},
+            },
+        },
+        "worker_hijack_root_logger": False,
+    }
+
+
+TASK_MODULES = ["workers.tasks.ai", "workers.tasks.maintenance", "workers.signals"]
+
+
+def create_celery_app(settings: Settings | None = None) -> Celery:
+    """The app; its configuration is read from the settings when first needed."""
+    app = Celery("ai_worker", include=TASK_MODULES)
+    app.add_defaults(lambda: celery_config(settings or get_settings()))
+    return app
+
+
+celery_app = create_celery_app()
+app = celery_app  # `celery -A workers.celery_app` finds it

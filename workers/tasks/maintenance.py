@@ -1,0 +1,11 @@
+"""Periodic maintenance (beat)."""
+
+from __future__ import annotations
+
+from app.jobs.sweep import sweep as sweep_jobs
+from workers.celery_app import QUEUE_MAINTENANCE, TASK_SWEEP, celery_app
+
+
+@celery_app.task(name=TASK_SWEEP, queue=QUEUE_MAINTENANCE, ignore_result=True)
+def sweep() -> int:
+    return sweep_jobs()
