@@ -1,0 +1,274 @@
+"""The tables: AI requests (jobs), their attempts, token usage, artifacts.
+
+One row of ``ai_requests`` is one job and the source of truth for it; the
+broker only carries its id. Each try against a provider is one ``ai_attempts``
+row; each successful try has exactly one ``ai_usage`` row (UNIQUE on
+``attempt_id``, so a redelivered task can never count twice). Artifacts are
+what a job or an agent run produced (result, summary, pull requests, logs).
+
+Relationships are ``lazy="raise"``: load what you need explicitly
+(``selectinload(AIRequestRow.attempts)``) or query the child table. Deleting a
+request deletes its attempts, usage and artifacts (``ON DELETE CASCADE`` in the
+database; the ORM does not load the children to delete them).
+
+Decisions worth knowing:
+
+- ``ai_requests.status`` has no index of its own: the two composite indexes
+  ``(status, next_attempt_at)`` and ``(status, lease_expires_at)`` start with
+  it. Likewise ``ai_attempts.request_id`` is served by
+  ``UNIQUE(request_id, number)``.
+- ``ai_usage.cost_usd`` is ``NUMERIC(18, 10)``: exact storage and exact sums in
+  PostgreSQL, read as ``float`` like the rest of the provider layer (no
+  ``Decimal``, which SQLite could not store exactly anyway). ``None`` means the
+  price is unknown, never 0.
+- ``artifacts`` has no UNIQUE(request_id, kind, name): NULLs are distinct in a
+  unique constraint on both databases (``NULLS NOT DISTINCT`` is PostgreSQL 15+
+  only, SQLite has nothing like it), so it would not stop duplicates of
+  unnamed artifacts or of artifacts of agent runs (``request_id`` NULL), and
+  several artifacts of one kind and name (logs pages, pull requests) are
+  legitimate. A writer that must be idempotent looks up
+  ``(request_id | agent_run_id, kind, name)`` in the same transaction first.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db.base import Base, BigIntPK, JSONType, TimestampMixin, UTCDateTime, utcnow
+
+
+class JobStatus(StrEnum):
+    """Where an AI request stands. ``JobStatus.TERMINAL`` never changes again."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"  # parked until next_attempt_at (long backoff, provider cooldown)
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    TERMINAL: ClassVar[frozenset[JobStatus]]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in JobStatus.TERMINAL
+
+
+JobStatus.TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class AttemptOutcome(StrEnum):
+    """How one try against one provider ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # not retryable, or retries on this provider spent
+    RETRY = "retry"  # retryable error, another try follows
+    SUPERSEDED = "superseded"  # the lease was lost: another worker owns the job now
+    DEFERRED = "deferred"  # not called: provider in cooldown, job parked
+
+
+def _in_list(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class AIRequestRow(TimestampMixin, Base):
+    """One AI request (a job). ``id`` is what travels through the broker."""
+
+    __tablename__ = "ai_requests"
+    __table_args__ = (
+        CheckConstraint(_in_list("status", JobStatus), name="status"),
+        Index("ix_ai_requests_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_ai_requests_status_lease_expires_at", "status", "lease_expires_at"),
+        Index("ix_ai_requests_created_at", "created_at"),
+        Index("ix_ai_requests_provider_used_created_at", "provider_used", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True, default=uuid.uuid4)
+    kind: Mapped[str] = mapped_column(
+        String(32), nullable=False, default="ai_request", server_default="ai_request"
+    )
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=JobStatus.QUEUED)
+
+    # Providers: what the caller forced (None = automatic), the order to try,
+    # where in that order we are now, and who answered.
+    provider_requested: Mapped[str | None] = mapped_column(String(64))
+    provider_chain: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
+    provider_index: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    provider_used: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(255))
+
+    # The request itself.
+    prompt: Mapped[str] = mapped_column(Text, nullable=False)
+    system_prompt: Mapped[str | None] = mapped_column(Text)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    tags: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
+    subject: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+    # Outcome.
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error_type: Mapped[str | None] = mapped_column(String(128))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    # Scheduling and ownership.
+    attempt_count: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    retries_on_provider: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    callback: Mapped[str | None] = mapped_column(String(255))  # a Celery task name
+
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    attempts: Mapped[list[AttemptRow]] = relationship(
+        back_populates="request",
+        lazy="raise",
+        order_by="AttemptRow.number",
+        cascade="all",
+        passive_deletes=True,
+    )
+    usage: Mapped[list[UsageRow]] = relationship(
+        back_populates="request", lazy="raise", cascade="all", passive_deletes=True
+    )
+    artifacts: Mapped[list[ArtifactRow]] = relationship(
+        back_populates="request", lazy="raise", cascade="all", passive_deletes=True
+    )
+
+    def __repr__(self) -> str:
+        return f"<AIRequestRow {self.id} {self.status}>"
+
+
+class AttemptRow(Base):
+    """One try of one request against one provider."""
+
+    __tablename__ = "ai_attempts"
+    __table_args__ = (
+        UniqueConstraint("request_id", "number"),
+        CheckConstraint(_in_list("outcome", AttemptOutcome), name="outcome"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("ai_requests.id", ondelete="CASCADE"), nullable=False
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)  # 1, 2, ... within the job
+    provider: Mapped[str] = mapped_column(String(64), nullable=False)
+    model: Mapped[str | None] = mapped_column(String(255))
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    latency_s: Mapped[float | None] = mapped_column(Float)
+    retry_after_s: Mapped[float | None] = mapped_column(Float)
+    error_type: Mapped[str | None] = mapped_column(String(128))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    provider_request_id: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, default=utcnow, server_default=func.now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    request: Mapped[AIRequestRow] = relationship(back_populates="attempts", lazy="raise")
+    usage: Mapped[UsageRow | None] = relationship(
+        back_populates="attempt", lazy="raise", cascade="all", passive_deletes=True
+    )
+
+    def __repr__(self) -> str:
+        return f"<AttemptRow {self.request_id}#{self.number} {self.provider} {self.outcome}>"
+
+
+class UsageRow(Base):
+    """Tokens and cost of one successful attempt (at most one row per attempt)."""
+
+    __tablename__ = "ai_usage"
+    __table_args__ = (
+        Index("ix_ai_usage_provider_model_created_at", "provider", "model", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    attempt_id: Mapped[int] = mapped_column(
+        ForeignKey("ai_attempts.id", ondelete="CASCADE"), nullable=False, unique=True
+    )
+    request_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("ai_requests.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    provider: Mapped[str] = mapped_column(String(64), nullable=False)
+    model: Mapped[str] = mapped_column(String(255), nullable=False)
+    prompt_tokens: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    completion_tokens: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    cached_tokens: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    reasoning_tokens: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    total_tokens: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    cost_usd: Mapped[float | None] = mapped_column(Numeric(18, 10, asdecimal=False))
+    latency_s: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, default=utcnow, server_default=func.now(), index=True
+    )
+
+    attempt: Mapped[AttemptRow] = relationship(back_populates="usage", lazy="raise")
+    request: Mapped[AIRequestRow] = relationship(back_populates="usage", lazy="raise")
+
+
+class ArtifactRow(Base):
+    """Something a request or an agent run produced (see the module docstring on uniqueness)."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    request_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("ai_requests.id", ondelete="CASCADE"), index=True
+    )
+    # The agent-runs table comes later; the foreign key will be added with it.
+    agent_run_id: Mapped[int | None] = mapped_column(BigIntPK, index=True)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)  # result, summary, logs, ...
+    name: Mapped[str | None] = mapped_column(String(255))
+    content: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[Any | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, default=utcnow, server_default=func.now()
+    )
+
+    request: Mapped[AIRequestRow | None] = relationship(back_populates="artifacts", lazy="raise")
+
+
+__all__ = [
+    "AIRequestRow",
+    "ArtifactRow",
+    "AttemptOutcome",
+    "AttemptRow",
+    "JobStatus",
+    "UsageRow",
+]

@@ -1,0 +1,159 @@
+"""Engines and sessions, built lazily (nothing connects at import time).
+
+Dialects:
+
+- **PostgreSQL** in production (``DATABASE_URL=postgresql+psycopg://...``; a
+  bare ``postgresql://`` or ``postgres://`` URL is switched to the installed
+  psycopg 3 driver). Engines use ``pool_pre_ping`` so a restarted server or a
+  dropped idle connection costs a reconnect, not a failed task.
+- **SQLite** embedded, when ``DATABASE_URL`` is unset:
+  ``sqlite:///<AIW_DATA_DIR>/aiw.sqlite3``. Each connection gets WAL journal
+  mode (readers do not block the writer), a ``busy_timeout`` (a writer waits
+  for the lock instead of failing at once), ``foreign_keys=ON`` (so ``ON DELETE
+  CASCADE`` works) and real transactions: pysqlite's own transaction handling
+  is switched off and SQLAlchemy emits ``BEGIN``, so ``SAVEPOINT`` /
+  ``session.begin_nested()`` behave as on PostgreSQL.
+
+The transaction boundary is ``session_scope()``: it commits on success, rolls
+back on any exception and always closes. Helpers that take a ``Session`` flush
+if they need ids but never commit. Sessions do not expire objects on commit, so
+plain attributes of rows stay readable after the scope closes (relationships
+are ``lazy="raise"`` anyway).
+
+Engines are made on first use, so a Celery prefork child normally builds its
+own. If a child may have inherited engines from its parent, call
+``dispose_engines(close=False)`` in ``worker_process_init`` so no pooled
+connection is shared across processes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from app.config import Settings
+
+SQLITE_FILENAME = "aiw.sqlite3"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+_sessionmakers: dict[str, sessionmaker[Session]] = {}
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """The database URL: ``DATABASE_URL``, else the embedded SQLite file.
+
+    For the default, ``AIW_DATA_DIR`` is made absolute and created.
+    """
+    if settings is None:
+        from app.config import get_settings
+
+        settings = get_settings()
+    if settings.database_url:
+        return _normalize(settings.database_url)
+    data_dir = settings.aiw_data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{data_dir / SQLITE_FILENAME}"
+
+
+def _normalize(url: str) -> str:
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def create_engine_for(url: str | URL, *, sqlite_foreign_keys: bool = True, **kwargs: Any) -> Engine:
+    """A new (uncached) engine with the per-dialect settings described above.
+
+    ``get_engine()`` is the normal entry point; this one exists for callers that
+    need their own pool (migrations, tests). Alembic passes
+    ``sqlite_foreign_keys=False``: SQLite's batch migrations copy and drop
+    tables, which must not fire ``ON DELETE CASCADE``.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed, **kwargs)
+        _configure_sqlite(engine, foreign_keys=sqlite_foreign_keys)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(parsed, **kwargs)
+
+
+def _configure_sqlite(engine: Engine, *, foreign_keys: bool) -> None:
+    in_memory = engine.url.database in (None, "", ":memory:")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide engine for ``url`` (default: ``database_url()``), made once."""
+    key = url or database_url()
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = create_engine_for(key)
+        return engine
+
+
+def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
+    """The session factory bound to ``get_engine(url)``."""
+    key = url or database_url()
+    engine = get_engine(key)
+    with _lock:
+        factory = _sessionmakers.get(key)
+        if factory is None:
+            factory = _sessionmakers[key] = sessionmaker(bind=engine, expire_on_commit=False)
+        return factory
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on exception, always close."""
+    session = get_sessionmaker(url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def dispose_engines(*, close: bool = True) -> None:
+    """Close the pooled connections and forget every engine (tests, shutdown, after fork).
+
+    In a forked child that inherited engines from its parent, pass
+    ``close=False``: the inherited connections are dropped without being
+    closed, because their sockets still belong to the parent.
+    """
+    with _lock:
+        engines = list(_engines.values())
+        _engines.clear()
+        _sessionmakers.clear()
+    for engine in engines:
+        engine.dispose(close=close)
