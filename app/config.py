@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     )
     aiw_worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
     aiw_worker_concurrency: int = Field(32, gt=0, le=2000)
+    aiw_imports: str = Field(
+        "", description="comma-separated modules the worker imports (your callback tasks)"
+    )
 
     # --- Infrastructure ------------------------------------------------------------
     database_url: str | None = None

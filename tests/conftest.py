@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.plugins.codegen_fake",
     "tests.plugins.database",
     "tests.plugins.services",
+    "tests.plugins.queue",
 ]
 
 _OUR_VARS = {name.upper() for name in Settings.model_fields}

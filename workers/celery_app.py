@@ -100,6 +100,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             },
         },
         "worker_hijack_root_logger": False,
+        # Modules with the user's own tasks (job callbacks), from AIW_IMPORTS.
+        "imports": [m.strip() for m in settings.aiw_imports.split(",") if m.strip()],
     }
 
 

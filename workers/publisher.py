@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from workers.celery_app import TASK_RUN_AI_REQUEST, celery_app
+from celery import Celery
+from kombu import Queue
+
+from workers.celery_app import ALL_QUEUES, TASK_RUN_AI_REQUEST, celery_app
 
 
 class CeleryPublisher:
+    def __init__(self, app: Celery | None = None) -> None:
+        self.app = app or celery_app
+
+    def ensure_routes(self) -> None:
+        """Declare our queues again. On Redis a queue's routing lives in keys that a
+        FLUSHDB (or a restart without persistence) removes while publishers still
+        believe it declared: messages would go nowhere. Cheap and idempotent."""
+        with self.app.connection_for_write() as conn:
+            channel = conn.default_channel
+            for name in ALL_QUEUES:
+                Queue(name).bind(channel).declare()
+
     def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
-        celery_app.send_task(TASK_RUN_AI_REQUEST, args=[job_id], countdown=countdown)
+        self.app.send_task(TASK_RUN_AI_REQUEST, args=[job_id], countdown=countdown)
 
     def send_callback(self, task_name: str, args: list[object]) -> None:
-        celery_app.send_task(task_name, args=args)
+        self.app.send_task(task_name, args=args)

@@ -97,6 +97,7 @@ class AIRequestRow(TimestampMixin, Base):
         CheckConstraint(_in_list("status", JobStatus), name="status"),
         Index("ix_ai_requests_status_next_attempt_at", "status", "next_attempt_at"),
         Index("ix_ai_requests_status_lease_expires_at", "status", "lease_expires_at"),
+        Index("ix_ai_requests_status_published_at", "status", "published_at"),
         Index("ix_ai_requests_created_at", "created_at"),
         Index("ix_ai_requests_provider_used_created_at", "provider_used", "created_at"),
     )
@@ -139,6 +140,9 @@ class AIRequestRow(TimestampMixin, Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     claim_token: Mapped[str | None] = mapped_column(String(36))
+    # When a message for this job last went to the broker; None while a long wait is
+    # parked here with no message out. The sweep publishes again from these.
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     callback: Mapped[str | None] = mapped_column(String(255))  # a Celery task name
 

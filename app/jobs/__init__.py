@@ -7,7 +7,16 @@ from app.jobs.errors import (
     JobNotFoundError,
     JobTimeoutError,
 )
-from app.jobs.service import Attempt, Job, JobHandle, cancel, get_attempts, get_job, list_jobs, submit
+from app.jobs.service import (
+    Attempt,
+    Job,
+    JobHandle,
+    cancel,
+    get_attempts,
+    get_job,
+    list_jobs,
+    submit,
+)
 from app.jobs.stats import usage_stats
 
 __all__ = [

@@ -20,6 +20,8 @@ class PublishError(RuntimeError):
 
 
 class Publisher(Protocol):
+    def ensure_routes(self) -> None:
+        """Make sure the broker routes messages to our queues (after a broker reset)."""
     def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
         """Queue one run of the AI request ``job_id`` (after ``countdown`` seconds)."""
 

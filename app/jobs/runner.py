@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, update
 
 from app.ai.base import AIProvider, AIRequest, AIResponse
 from app.ai.errors import AIProviderError, ProviderRateLimitError, ProviderUnavailableError
@@ -130,7 +130,7 @@ def run_job(job_id: str | uuid.UUID, *, settings: Settings | None = None) -> Out
         response = provider.generate_once(claim.request)
     except AIProviderError as exc:
         error = exc
-    except Exception as exc:  # noqa: BLE001 - the one boundary around a provider call
+    except Exception as exc:
         log.exception("job %s: unexpected error in provider %s", jid, claim.provider)
         error = _InternalError(f"{type(exc).__name__}: {exc}", provider_name=claim.provider)
     latency = time.perf_counter() - t0
@@ -190,8 +190,9 @@ def _claim(jid: uuid.UUID, settings: Settings) -> _Claim | Outcome:
                 "CODEGEN_TOKEN and CODEGEN_ORG_ID, in the worker's environment)"
             )
             _finish(row, JobStatus.FAILED, now, error=error)
-            return Outcome(str(jid), "done", JobStatus.FAILED, callback=row.callback,
-                           reason=error.message)
+            return Outcome(
+                str(jid), "done", JobStatus.FAILED, callback=row.callback, reason=error.message
+            )
         params = row.parameters or {}
         request = AIRequest(
             prompt=row.prompt,
@@ -234,9 +235,9 @@ def _start_cooldown(name: str, seconds: float, settings: Settings) -> None:
         log.warning("cooldown store unreachable (%s); cooldown not shared", type(exc).__name__)
 
 
-def _schedule(row: AIRequestRow, delay: float, now: datetime, settings: Settings) -> tuple[
-    Action, float | None
-]:
+def _schedule(
+    row: AIRequestRow, delay: float, now: datetime, settings: Settings
+) -> tuple[Action, float | None]:
     """Put a job to wait ``delay`` seconds: a broker countdown, or parked for the sweep."""
     row.status = JobStatus.WAITING
     row.next_attempt_at = now + timedelta(seconds=delay)
@@ -260,8 +261,13 @@ def _defer(claim: _Claim, waiting: float, settings: Settings) -> Outcome:
             return Outcome(str(claim.job_id), "skipped", reason="claim lost")
         row.attempt_count -= 1  # nothing was tried
         action, countdown = _schedule(row, delay, now, settings)
-        return Outcome(str(claim.job_id), action, JobStatus.WAITING, countdown=countdown,
-                       reason=f"{claim.provider} cooling down")
+        return Outcome(
+            str(claim.job_id),
+            action,
+            JobStatus.WAITING,
+            countdown=countdown,
+            reason=f"{claim.provider} cooling down",
+        )
 
 
 def _finish(
@@ -354,17 +360,24 @@ def _record(
             delay = policy.delay_for(error, row.retries_on_provider)
             row.retries_on_provider += 1
             action, countdown = _schedule(row, delay, now, settings)
-            return Outcome(jid, action, JobStatus.WAITING, countdown=countdown,
-                           reason=error.error_type)
+            return Outcome(
+                jid, action, JobStatus.WAITING, countdown=countdown, reason=error.error_type
+            )
 
         attempt.outcome = AttemptOutcome.FAILED
         if error.fallback and row.provider_index + 1 < len(claim.chain):
             row.provider_index += 1
             row.retries_on_provider = 0
             action, countdown = _schedule(row, 0.0, now, settings)
-            return Outcome(jid, action, JobStatus.WAITING, countdown=countdown,
-                           reason=f"falling back to {claim.chain[row.provider_index]}")
+            return Outcome(
+                jid,
+                action,
+                JobStatus.WAITING,
+                countdown=countdown,
+                reason=f"falling back to {claim.chain[row.provider_index]}",
+            )
 
         _finish(row, JobStatus.FAILED, now, error=error)
-        return Outcome(jid, "done", JobStatus.FAILED, callback=row.callback,
-                       reason=error.error_type)
+        return Outcome(
+            jid, "done", JobStatus.FAILED, callback=row.callback, reason=error.error_type
+        )

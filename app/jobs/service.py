@@ -124,7 +124,10 @@ def _validate(
     provider_kwargs: dict[str, Any],
 ) -> AIRequest:
     request = AIRequest.build(
-        prompt, system_prompt=system_prompt, model=model, temperature=temperature,
+        prompt,
+        system_prompt=system_prompt,
+        model=model,
+        temperature=temperature,
         max_tokens=max_tokens,
     )
     if provider is not None and provider not in provider_names():
@@ -174,8 +177,17 @@ def submit(
     The same ``idempotency_key`` twice returns the first job (its parameters win).
     """
     request = _validate(
-        prompt, system_prompt, provider, model, temperature, max_tokens, tags,
-        idempotency_key, callback, subject, provider_kwargs,
+        prompt,
+        system_prompt,
+        provider,
+        model,
+        temperature,
+        max_tokens,
+        tags,
+        idempotency_key,
+        callback,
+        subject,
+        provider_kwargs,
     )
     if idempotency_key is not None:
         existing = _find_by_key(idempotency_key)
@@ -222,8 +234,11 @@ def publish(job_id: uuid.UUID, countdown: float | None = None) -> bool:
     try:
         get_publisher().publish_job(str(job_id), countdown=countdown)
     except Exception as exc:  # noqa: BLE001 - any broker failure: the row is safe, the sweep retries
-        log.warning("job %s accepted but not published (%s); the sweep will publish it",
-                    job_id, type(exc).__name__)
+        log.warning(
+            "job %s accepted but not published (%s); the sweep will publish it",
+            job_id,
+            type(exc).__name__,
+        )
         if isinstance(exc, PublishError):
             log.warning("%s", exc)
         return False
@@ -302,9 +317,16 @@ def cancel(job_id: uuid.UUID | str) -> bool:
                 AIRequestRow.id == _parse_id(job_id),
                 AIRequestRow.status.not_in([s.value for s in JobStatus.TERMINAL]),
             )
-            .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now,
-                    claim_token=None, lease_expires_at=None, next_attempt_at=None,
-                    error_type="Cancelled", error_message="cancelled by the user")
+            .values(
+                status=JobStatus.CANCELLED,
+                finished_at=now,
+                updated_at=now,
+                claim_token=None,
+                lease_expires_at=None,
+                next_attempt_at=None,
+                error_type="Cancelled",
+                error_message="cancelled by the user",
+            )
             .execution_options(synchronize_session=False)
         )
         changed = bool(getattr(result, "rowcount", 0))
@@ -344,7 +366,9 @@ class JobHandle:
                 return job
             if deadline is not None and time.monotonic() >= deadline:
                 raise JobTimeoutError(f"job {self.id} still {job.status} after {timeout}s")
-            time.sleep(delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic())))
+            time.sleep(
+                delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            )
             delay = min(delay * 1.5, 1.0)
 
     def result(self) -> AIResponse:
@@ -361,4 +385,3 @@ class JobHandle:
 
     def attempts(self) -> list[Attempt]:
         return get_attempts(self.id)
-

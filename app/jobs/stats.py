@@ -74,10 +74,16 @@ def usage_stats(
             if g is None:
                 g = groups[key] = {
                     **{k: values[k] for k in keys},
-                    "requests": 0, "successes": 0, "failures": 0,
-                    "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
-                    "reasoning_tokens": 0, "total_tokens": 0,
-                    "cost_usd": 0.0, "cost_unknown": 0,
+                    "requests": 0,
+                    "successes": 0,
+                    "failures": 0,
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                    "cached_tokens": 0,
+                    "reasoning_tokens": 0,
+                    "total_tokens": 0,
+                    "cost_usd": 0.0,
+                    "cost_unknown": 0,
                 }
                 latencies[key] = []
             g["requests"] += 1

@@ -26,6 +26,7 @@ from app.config import get_settings
 from app.db.base import utcnow
 from app.db.models import AIRequestRow, JobStatus
 from app.db.session import session_scope
+from app.jobs.publisher import get_publisher
 from app.jobs.service import publish
 
 if TYPE_CHECKING:
@@ -77,6 +78,10 @@ def sweep(settings: Settings | None = None, batch: int = 500, max_batches: int =
     """Publish every job that needs it; returns how many were published."""
     settings = settings or get_settings()
     published = 0
+    try:
+        get_publisher().ensure_routes()
+    except Exception as exc:  # noqa: BLE001 - the broker may be down: publish() logs it too
+        log.warning("could not declare the queues (%s)", type(exc).__name__)
     for _ in range(max_batches):
         ids = due_jobs(settings, batch)
         for job_id in ids:

@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("next_attempt_at", TIMESTAMP, nullable=True),
         sa.Column("lease_expires_at", TIMESTAMP, nullable=True),
         sa.Column("claim_token", sa.String(36), nullable=True),
+        sa.Column("published_at", TIMESTAMP, nullable=True),
         sa.Column("idempotency_key", sa.String(255), nullable=True),
         sa.Column("callback", sa.String(255), nullable=True),
         sa.Column("started_at", TIMESTAMP, nullable=True),
@@ -70,6 +71,9 @@ def upgrade() -> None:
     )
     op.create_index(
         "ix_ai_requests_status_lease_expires_at", "ai_requests", ["status", "lease_expires_at"]
+    )
+    op.create_index(
+        "ix_ai_requests_status_published_at", "ai_requests", ["status", "published_at"]
     )
     op.create_index("ix_ai_requests_created_at", "ai_requests", ["created_at"])
     op.create_index(

@@ -19,7 +19,8 @@ COLUMNS = {
         "id", "kind", "status", "provider_requested", "provider_chain", "provider_index",
         "provider_used", "model", "prompt", "system_prompt", "parameters", "tags", "subject",
         "result", "error_type", "error_message", "attempt_count", "retries_on_provider",
-        "next_attempt_at", "lease_expires_at", "claim_token", "idempotency_key", "callback",
+        "next_attempt_at", "lease_expires_at", "claim_token", "published_at", "idempotency_key",
+        "callback",
         "created_at", "updated_at", "started_at", "finished_at",
     },
     "ai_attempts": {
@@ -41,6 +42,7 @@ INDEXES = {
     "ai_requests": {
         ("ix_ai_requests_status_next_attempt_at", ("status", "next_attempt_at")),
         ("ix_ai_requests_status_lease_expires_at", ("status", "lease_expires_at")),
+        ("ix_ai_requests_status_published_at", ("status", "published_at")),
         ("ix_ai_requests_created_at", ("created_at",)),
         ("ix_ai_requests_provider_used_created_at", ("provider_used", "created_at")),
     },
