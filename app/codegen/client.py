@@ -1,0 +1,386 @@
+"""A small, strict REST client for the Codegen agent API (one try per call, no retry).
+
+    client = CodegenClient(org_id=42, token="...")
+    run = client.create_run("Fix the flaky test in tests/test_io.py", repo_id=7)
+    run = client.get_run(run.id)          # AgentRun, status verbatim ("PENDING", ...)
+    for run in client.iter_runs(): ...    # every run, newest first, 100 a request
+
+What it guarantees:
+
+- Bad input is refused before any network call with ``InvalidRequestError`` (empty
+  prompt, ``limit`` outside 1..100, unknown ``agent_type``, non-integer ids, ...).
+- Every failure is an ``app.ai.errors`` error with ``provider_name="codegen"``: an
+  HTTP status goes through ``error_for_status`` (402 quota, 401/403 authentication,
+  404 not found, 422 bad request, 429 rate limit, 5xx server); a timeout is
+  ``ProviderTimeoutError``, a refused/reset connection ``ProviderConnectionError``, a
+  2xx body that is not JSON or not the documented shape ``ProviderResponseError``.
+  ``retry_after`` is the server's ``Retry-After`` when it sends one (Codegen
+  documents none, so it is usually ``None``).
+- Retrying is the caller's business (``RetryPolicy``, ``Task.wait_for_completion``,
+  the Celery task): creating a run is not idempotent, so this client never repeats
+  a request by itself.
+- One pooled ``requests.Session`` (connection pool sized for many threads) serves
+  every call; the client may be shared between threads.
+- The token appears in no ``repr``, no error and no log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import requests
+from pydantic import BaseModel, SecretStr, ValidationError
+from requests.adapters import HTTPAdapter
+
+from app.ai.errors import (
+    InvalidRequestError,
+    ProviderConnectionError,
+    ProviderNotConfiguredError,
+    ProviderResponseError,
+    ProviderTimeoutError,
+    error_for_status,
+)
+from app.ai.retry import parse_retry_after
+from app.codegen.models import AgentRun, AgentRunLog, AgentRunLogs, AgentRunPage
+
+log = logging.getLogger(__name__)
+
+PROVIDER_NAME = "codegen"
+DEFAULT_BASE_URL = "https://api.codegen.com"
+DEFAULT_TIMEOUT = 30.0
+#: Connections kept per host: enough for a worker process with many threads.
+DEFAULT_POOL_SIZE = 32
+#: ``limit`` of the list and logs endpoints is 1..100.
+MAX_PAGE_SIZE = 100
+#: ``CreateAgentRunInput.agent_type``.
+AGENT_TYPES: frozenset[str] = frozenset({"codegen", "claude_code"})
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _check_id(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidRequestError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_prompt(prompt: object) -> str:
+    if not isinstance(prompt, str):
+        raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise InvalidRequestError("prompt is empty")
+    return prompt
+
+
+def _check_page(skip: object, limit: object) -> None:
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+        raise InvalidRequestError(f"skip must be an integer >= 0, got {skip!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidRequestError(
+            f"limit must be an integer between 1 and {MAX_PAGE_SIZE}, got {limit!r}"
+        )
+
+
+def _check_images(images: object) -> list[str] | None:
+    if images is None:
+        return None
+    if isinstance(images, str | bytes) or not isinstance(images, Sequence):
+        raise InvalidRequestError("images must be a list of base64 data URI strings")
+    for image in images:
+        if not isinstance(image, str) or not image.strip():
+            raise InvalidRequestError("images must be a list of base64 data URI strings")
+    return list(images)
+
+
+def _check_metadata(metadata: object) -> dict[str, Any] | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+        raise InvalidRequestError("metadata must be a JSON object (a dict with string keys)")
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"metadata is not JSON-serializable: {exc}") from None
+    return dict(metadata)
+
+
+def _error_message(resp: requests.Response) -> str:
+    """A short message from an error body: Codegen's ``message``, or FastAPI's ``detail``."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        message = body.get("message")
+        if isinstance(message, str) and message:
+            return message
+        detail = body.get("detail")
+        if isinstance(detail, str) and detail:
+            return detail
+        if isinstance(detail, list) and detail:
+            parts = []
+            for item in detail:
+                if isinstance(item, dict):
+                    where = ".".join(str(part) for part in item.get("loc") or [])
+                    parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+            if parts:
+                return "; ".join(parts)
+    text = (resp.text or "").strip()
+    reason = f"HTTP {resp.status_code} {resp.reason or ''}".strip()
+    return f"{reason}: {text[:200]}" if text else reason
+
+
+def make_session(pool_size: int = DEFAULT_POOL_SIZE) -> requests.Session:
+    """A ``requests.Session`` with a connection pool of ``pool_size`` and no hidden retries."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.headers["Accept"] = "application/json"
+    session.headers["User-Agent"] = "ai-worker (codegen client)"
+    return session
+
+
+class CodegenClient:
+    """One organization's view of the Codegen agent API. See the module docstring."""
+
+    def __init__(
+        self,
+        org_id: int,
+        token: str | SecretStr,
+        base_url: str = DEFAULT_BASE_URL,
+        timeout: float = DEFAULT_TIMEOUT,
+        session: requests.Session | None = None,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+    ) -> None:
+        if org_id is None:
+            raise ProviderNotConfiguredError(
+                "Codegen organization id is missing (CODEGEN_ORG_ID)", provider_name=PROVIDER_NAME
+            )
+        self.org_id = _check_id("org_id", org_id)
+        secret = token if isinstance(token, SecretStr) else SecretStr(token or "")
+        if not secret.get_secret_value().strip():
+            raise ProviderNotConfiguredError(
+                "Codegen token is missing (CODEGEN_TOKEN)", provider_name=PROVIDER_NAME
+            )
+        self._token = secret
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise InvalidRequestError(f"base_url must be an http(s) URL, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise InvalidRequestError(f"timeout must be a positive number, got {timeout!r}")
+        self.timeout = float(timeout)
+        self._owns_session = session is None
+        self.session = session if session is not None else make_session(pool_size)
+
+    # --- agent runs -------------------------------------------------------------------
+    def create_run(
+        self,
+        prompt: str,
+        *,
+        images: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        repo_id: int | None = None,
+        model: str | None = None,
+        agent_type: str | None = None,
+    ) -> AgentRun:
+        """``POST .../agent/run``: start an agent run (Codegen allows 10 a minute)."""
+        body: dict[str, Any] = {"prompt": _check_prompt(prompt)}
+        checked_images = _check_images(images)
+        if checked_images is not None:
+            body["images"] = checked_images
+        checked_metadata = _check_metadata(metadata)
+        if checked_metadata is not None:
+            body["metadata"] = checked_metadata
+        if repo_id is not None:
+            body["repo_id"] = _check_id("repo_id", repo_id)
+        if model is not None:
+            if not isinstance(model, str) or not model.strip():
+                raise InvalidRequestError(f"model must be a non-empty string, got {model!r}")
+            body["model"] = model
+        if agent_type is not None:
+            if agent_type not in AGENT_TYPES:
+                raise InvalidRequestError(
+                    f"agent_type must be one of {sorted(AGENT_TYPES)}, got {agent_type!r}"
+                )
+            body["agent_type"] = agent_type
+        data = self._request("POST", f"{self._org_path}/agent/run", json_body=body)
+        return self._parse(AgentRun, data)
+
+    def get_run(self, run_id: int) -> AgentRun:
+        """``GET .../agent/run/{id}``: the run as it is now."""
+        run_id = _check_id("run_id", run_id)
+        return self._parse(AgentRun, self._request("GET", f"{self._org_path}/agent/run/{run_id}"))
+
+    def list_runs(self, skip: int = 0, limit: int = MAX_PAGE_SIZE) -> AgentRunPage:
+        """``GET .../agent/runs``: one page of the organization's runs, newest first."""
+        _check_page(skip, limit)
+        data = self._request(
+            "GET", f"{self._org_path}/agent/runs", params={"skip": skip, "limit": limit}
+        )
+        return self._parse(AgentRunPage, data)
+
+    def iter_runs(self, page_size: int = MAX_PAGE_SIZE) -> Iterator[AgentRun]:
+        """Every run of the organization, newest first, ``page_size`` a request.
+
+        Runs created while paging push older ones down a page; a run already yielded
+        is not yielded again.
+        """
+        _check_page(0, page_size)
+        return self._iter_runs(page_size)
+
+    def _iter_runs(self, page_size: int) -> Iterator[AgentRun]:
+        seen: set[int] = set()
+        skip = 0
+        while True:
+            page = self.list_runs(skip=skip, limit=page_size)
+            for run in page.items:
+                if run.id not in seen:
+                    seen.add(run.id)
+                    yield run
+            skip += len(page.items)
+            if len(page.items) < page_size or skip >= page.total:
+                return
+
+    def resume_run(
+        self, run_id: int, prompt: str, images: Sequence[str] | None = None
+    ) -> AgentRun:
+        """``POST .../agent/run/resume``: give a paused (or finished) run a new prompt."""
+        body: dict[str, Any] = {
+            "agent_run_id": _check_id("run_id", run_id),
+            "prompt": _check_prompt(prompt),
+        }
+        checked_images = _check_images(images)
+        if checked_images is not None:
+            body["images"] = checked_images
+        data = self._request("POST", f"{self._org_path}/agent/run/resume", json_body=body)
+        return self._parse(AgentRun, data)
+
+    def get_logs(
+        self, run_id: int, skip: int = 0, limit: int = MAX_PAGE_SIZE, *, reverse: bool = False
+    ) -> AgentRunLogs:
+        """``GET /v1/alpha/.../agent/run/{id}/logs``: the run plus one page of its logs.
+
+        Logs come oldest first (``reverse=True``: newest first). The endpoint is ALPHA.
+        """
+        run_id = _check_id("run_id", run_id)
+        _check_page(skip, limit)
+        params: dict[str, Any] = {"skip": skip, "limit": limit}
+        if reverse:
+            params["reverse"] = "true"
+        data = self._request(
+            "GET",
+            f"/v1/alpha/organizations/{self.org_id}/agent/run/{run_id}/logs",
+            params=params,
+        )
+        return self._parse(AgentRunLogs, data)
+
+    def iter_logs(self, run_id: int, page_size: int = MAX_PAGE_SIZE) -> Iterator[AgentRunLog]:
+        """Every log entry of a run, oldest first, ``page_size`` a request."""
+        _check_id("run_id", run_id)
+        _check_page(0, page_size)
+        return self._iter_logs(run_id, page_size)
+
+    def _iter_logs(self, run_id: int, page_size: int) -> Iterator[AgentRunLog]:
+        skip = 0
+        while True:
+            page = self.get_logs(run_id, skip=skip, limit=page_size)
+            yield from page.logs
+            skip += len(page.logs)
+            if len(page.logs) < page_size or (
+                page.total_logs is not None and skip >= page.total_logs
+            ):
+                return
+
+    # --- plumbing ---------------------------------------------------------------------
+    @property
+    def _org_path(self) -> str:
+        return f"/v1/organizations/{self.org_id}"
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+    ) -> Any:
+        """One HTTP call; the decoded JSON body of a 2xx, else an ``AIProviderError``."""
+        headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
+        started = time.perf_counter()
+        try:
+            resp = self.session.request(
+                method,
+                self.base_url + path,
+                params=params,
+                json=json_body,
+                headers=headers,
+                timeout=self.timeout,
+            )
+        except requests.Timeout as exc:
+            log.debug("codegen %s %s timed out after %.1fs", method, path, self.timeout)
+            raise ProviderTimeoutError(
+                f"Codegen {method} {path} got no answer within {self.timeout:g}s",
+                timeout_duration=self.timeout,
+                provider_name=PROVIDER_NAME,
+            ) from exc
+        except requests.RequestException as exc:
+            # ConnectionError (refused, reset, DNS, TLS) and the rarer transport
+            # failures (a body cut short): all mean "could not talk to the server".
+            log.debug("codegen %s %s failed: %s", method, path, type(exc).__name__)
+            raise ProviderConnectionError(
+                f"Codegen {method} {path}: {type(exc).__name__}", provider_name=PROVIDER_NAME
+            ) from exc
+        elapsed = time.perf_counter() - started
+        request_id = resp.headers.get("x-request-id")
+        log.debug("codegen %s %s -> %d in %.3fs", method, path, resp.status_code, elapsed)
+        if not 200 <= resp.status_code < 300:
+            raise error_for_status(
+                resp.status_code,
+                f"Codegen {method} {path}: {_error_message(resp)}",
+                provider_name=PROVIDER_NAME,
+                request_id=request_id,
+                retry_after=parse_retry_after(resp.headers),
+            )
+        try:
+            return resp.json()
+        except ValueError:
+            raise ProviderResponseError(
+                f"Codegen {method} {path} answered HTTP {resp.status_code} with a body that "
+                "is not JSON",
+                provider_name=PROVIDER_NAME,
+                status_code=resp.status_code,
+                request_id=request_id,
+            ) from None
+
+    @staticmethod
+    def _parse(model: type[M], data: Any) -> M:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise ProviderResponseError(
+                f"Codegen answered a body that is not a {model.__name__}: "
+                f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}",
+                provider_name=PROVIDER_NAME,
+            ) from None
+
+    # --- lifecycle --------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection pool (only if this client made it)."""
+        if self._owns_session:
+            self.session.close()
+
+    def __enter__(self) -> CodegenClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<CodegenClient org_id={self.org_id} base_url={self.base_url!r}>"
+
