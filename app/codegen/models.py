@@ -29,8 +29,8 @@ class PullRequest(_Model):
     head_branch_name: str | None = None
 
 
-class AgentRun(_Model):
-    """``AgentRunResponse``: one agent run as the API last reported it."""
+class _RunFields(_Model):
+    """The fields both run answers share."""
 
     id: int
     organization_id: int
@@ -38,10 +38,15 @@ class AgentRun(_Model):
     created_at: str | None = None
     web_url: str | None = None
     result: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class AgentRun(_RunFields):
+    """``AgentRunResponse``: one agent run as the API last reported it."""
+
     summary: str | None = None
     source_type: str | None = None
     github_pull_requests: list[PullRequest] = Field(default_factory=list)
-    metadata: dict[str, Any] | None = None
 
     @field_validator("github_pull_requests", mode="before")
     @classmethod
@@ -80,19 +85,12 @@ class AgentRunLog(_Model):
     tool_output: dict[str, Any] | None = None
 
 
-class AgentRunLogs(_Model):
+class AgentRunLogs(_RunFields):
     """``AgentRunWithLogsResponse``: the run's main fields plus one page of its logs.
 
     The document gives this answer no ``summary``, ``source_type`` nor pull requests.
     """
 
-    id: int
-    organization_id: int
-    status: str | None = None
-    created_at: str | None = None
-    web_url: str | None = None
-    result: str | None = None
-    metadata: dict[str, Any] | None = None
     logs: list[AgentRunLog]
     total_logs: int | None = None
     page: int | None = None
