@@ -40,8 +40,10 @@ def friendly(fn: F) -> F:
         except (ConfigError, AIProviderError, JobError) as exc:
             _fail(str(exc))
         except OperationalError as exc:
-            _fail(f"database unreachable: {exc.orig.__class__.__name__}: "
-                  f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}")
+            _fail(
+                f"database unreachable: {exc.orig.__class__.__name__}: "
+                f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}"
+            )
 
     return wrapper  # type: ignore[return-value]
 
@@ -68,9 +70,16 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly
 def submit(
-    prompt: str | None, system_prompt: str | None, provider: str | None, model: str | None,
-    temperature: float, max_tokens: int | None, tags: tuple[str, ...],
-    idempotency_key: str | None, wait_s: float | None, as_json: bool,
+    prompt: str | None,
+    system_prompt: str | None,
+    provider: str | None,
+    model: str | None,
+    temperature: float,
+    max_tokens: int | None,
+    tags: tuple[str, ...],
+    idempotency_key: str | None,
+    wait_s: float | None,
+    as_json: bool,
 ) -> None:
     """Queue an AI request (PROMPT, or standard input when omitted or '-')."""
     from app.jobs import submit as submit_job
@@ -80,8 +89,13 @@ def submit(
             _fail("give a PROMPT argument or pipe one on standard input")
         prompt = sys.stdin.read()
     handle = submit_job(
-        prompt, system_prompt=system_prompt, provider=provider, model=model,
-        temperature=temperature, max_tokens=max_tokens, tags=list(tags) or None,
+        prompt,
+        system_prompt=system_prompt,
+        provider=provider,
+        model=model,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        tags=list(tags) or None,
         idempotency_key=idempotency_key,
     )
     job = handle.wait(wait_s) if wait_s else handle.get()
@@ -104,14 +118,22 @@ def show(job_id: str, as_json: bool) -> None:
     job = get_job(job_id)
     attempts = get_attempts(job_id)
     if as_json:
-        _print_json({**job.model_dump(mode="json"),
-                     "attempts": [a.model_dump(mode="json") for a in attempts]})
+        _print_json(
+            {
+                **job.model_dump(mode="json"),
+                "attempts": [a.model_dump(mode="json") for a in attempts],
+            }
+        )
         return
-    click.echo(f"job {job.id}: {job.status} (provider {job.provider_used or '-'}, "
-               f"model {job.model or '-'}, {job.attempt_count} attempt(s))")
+    click.echo(
+        f"job {job.id}: {job.status} (provider {job.provider_used or '-'}, "
+        f"model {job.model or '-'}, {job.attempt_count} attempt(s))"
+    )
     for a in attempts:
-        click.echo(f"  #{a.number} {a.provider} {a.outcome} "
-                   f"{'' if a.http_status is None else a.http_status} {a.error_type or ''}")
+        click.echo(
+            f"  #{a.number} {a.provider} {a.outcome} "
+            f"{'' if a.http_status is None else a.http_status} {a.error_type or ''}"
+        )
     if job.result:
         click.echo(job.result.get("content", ""))
     elif job.error_type:
@@ -125,8 +147,9 @@ def show(job_id: str, as_json: bool) -> None:
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def jobs(status: tuple[str, ...], provider: str | None, tag: str | None, limit: int,
-         as_json: bool) -> None:
+def jobs(
+    status: tuple[str, ...], provider: str | None, tag: str | None, limit: int, as_json: bool
+) -> None:
     """List jobs, newest first."""
     from app.jobs import list_jobs
 
@@ -135,8 +158,10 @@ def jobs(status: tuple[str, ...], provider: str | None, tag: str | None, limit: 
         _print_json([j.model_dump(mode="json") for j in found])
         return
     for j in found:
-        click.echo(f"{j.id} {j.status:<9} {j.provider_used or '-':<8} "
-                   f"{j.created_at:%Y-%m-%d %H:%M:%S} {j.prompt[:50]!r}")
+        click.echo(
+            f"{j.id} {j.status:<9} {j.provider_used or '-':<8} "
+            f"{j.created_at:%Y-%m-%d %H:%M:%S} {j.prompt[:50]!r}"
+        )
 
 
 @main.command()
@@ -171,7 +196,10 @@ def stats(group_by: str, as_json: bool) -> None:
     for r in rows:
         rate = "-" if r["success_rate"] is None else f"{100 * r['success_rate']:.1f}"
         table.add_row(
-            *[str(r[k]) for k in keys], str(r["requests"]), rate, str(r["total_tokens"]),
+            *[str(r[k]) for k in keys],
+            str(r["requests"]),
+            rate,
+            str(r["total_tokens"]),
             f"{r['cost_usd']:.6f}",
             "-" if r["p50_latency_s"] is None else f"{r['p50_latency_s']:.3f}",
             "-" if r["p95_latency_s"] is None else f"{r['p95_latency_s']:.3f}",
@@ -215,8 +243,16 @@ def _exec_celery(args: list[str]) -> None:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker on every queue (extra arguments go to celery)."""
-    _exec_celery(["worker", "-Q", "ai_requests,agent_runs,webhooks,maintenance",
-                  "--loglevel", "INFO", *celery_args])
+    _exec_celery(
+        [
+            "worker",
+            "-Q",
+            "ai_requests,agent_runs,webhooks,maintenance",
+            "--loglevel",
+            "INFO",
+            *celery_args,
+        ]
+    )
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

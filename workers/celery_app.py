@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Exchange, Queue
 
 from app.config import Settings, get_settings
 
@@ -29,6 +29,11 @@ TASK_RUN_AI_REQUEST = "aiw.ai_request.run"
 TASK_SWEEP = "aiw.maintenance.sweep"
 
 
+def queues() -> list[Queue]:
+    """One direct exchange per queue, named alike, routing key alike."""
+    return [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL_QUEUES]
+
+
 def broker_url(settings: Settings) -> str:
     """``CELERY_BROKER_URL``, else an embedded broker that needs no server (SQLite)."""
     if settings.celery_broker_url:
@@ -38,6 +43,18 @@ def broker_url(settings: Settings) -> str:
     return f"sqla+sqlite:///{data / 'broker.sqlite3'}"
 
 
+def transport_options(url: str, settings: Settings) -> dict[str, Any]:
+    if url.startswith(("redis://", "rediss://", "sentinel://")):
+        # Redis re-delivers a message not acknowledged within this time. It must be
+        # longer than any countdown we schedule (AIW_MAX_COUNTDOWN; longer waits are
+        # parked in the database) and than the longest task, or a task runs twice.
+        return {"visibility_timeout": settings.aiw_visibility_timeout}
+    if url.startswith("sqla+sqlite"):
+        # kombu hands these to create_engine: wait for SQLite's lock, do not fail.
+        return {"connect_args": {"timeout": 30}}
+    return {}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = broker_url(settings)
     return {
@@ -45,12 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Keep trying to reach the broker at start instead of dying (compose starts
         # services in parallel).
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {
-            # Redis re-delivers a message not acknowledged within this time. It must be
-            # longer than any countdown we schedule (AIW_MAX_COUNTDOWN; longer waits are
-            # parked in the database) and than the longest task, or a task runs twice.
-            "visibility_timeout": settings.aiw_visibility_timeout,
-        },
+        "broker_transport_options": transport_options(url, settings),
         # No result backend: the database holds every result; nothing (and no secret)
         # is copied into the broker's result store.
         "task_ignore_result": True,
@@ -85,7 +97,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_pool": settings.aiw_worker_pool,
         "worker_concurrency": settings.aiw_worker_concurrency,
         "task_default_queue": QUEUE_AI,
-        "task_queues": [Queue(name) for name in ALL_QUEUES],
+        "task_queues": queues(),
         "task_routes": {
             "aiw.ai_request.*": {"queue": QUEUE_AI},
             "aiw.agent_run.*": {"queue": QUEUE_AGENT_RUNS},

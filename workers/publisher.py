@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
 
-from workers.celery_app import ALL_QUEUES, TASK_RUN_AI_REQUEST, celery_app
+from workers.celery_app import TASK_RUN_AI_REQUEST, celery_app, queues
 
 
 class CeleryPublisher:
@@ -18,8 +17,8 @@ class CeleryPublisher:
         believe it declared: messages would go nowhere. Cheap and idempotent."""
         with self.app.connection_for_write() as conn:
             channel = conn.default_channel
-            for name in ALL_QUEUES:
-                Queue(name).bind(channel).declare()
+            for queue in queues():
+                queue.bind(channel).declare()
 
     def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
         self.app.send_task(TASK_RUN_AI_REQUEST, args=[job_id], countdown=countdown)

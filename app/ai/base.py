@@ -240,6 +240,11 @@ class AIProvider(ABC):
     @abstractmethod
     def get_available_models(self) -> list[str]: ...
 
+    @property
+    def default_model(self) -> str | None:
+        """The model used when a request names none (None: the provider decides)."""
+        return None
+
     # --- shared behaviour -----------------------------------------------------------
     def require_configured(self) -> None:
         if not self.is_configured():

@@ -116,6 +116,10 @@ class CodegenProvider(AIProvider):
             return False
         return True
 
+    @property
+    def default_model(self) -> str:
+        return DEFAULT_MODEL
+
     def get_available_models(self) -> list[str]:
         return [DEFAULT_MODEL]
 

@@ -11,7 +11,7 @@ Dialects:
   mode (readers do not block the writer), a ``busy_timeout`` (a writer waits
   for the lock instead of failing at once), ``foreign_keys=ON`` (so ``ON DELETE
   CASCADE`` works) and real transactions: pysqlite's own transaction handling
-  is switched off and SQLAlchemy emits ``BEGIN``, so ``SAVEPOINT`` /
+  is switched off and SQLAlchemy emits ``BEGIN IMMEDIATE``, so ``SAVEPOINT`` /
   ``session.begin_nested()`` behave as on PostgreSQL.
 
 The transaction boundary is ``session_scope()``: it commits on success, rolls
@@ -106,7 +106,11 @@ def _configure_sqlite(engine: Engine, *, foreign_keys: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # IMMEDIATE: take the write lock at the start. A deferred transaction that
+        # reads and then writes cannot wait for the lock (SQLite answers "database
+        # is locked" at once to avoid a deadlock); an immediate one waits up to
+        # busy_timeout. Our transactions are short and nearly all write.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def get_engine(url: str | None = None) -> Engine:

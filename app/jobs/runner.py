@@ -103,7 +103,12 @@ def reset_providers() -> None:
 # --- the run -------------------------------------------------------------------------
 
 
-def run_job(job_id: str | uuid.UUID, *, settings: Settings | None = None) -> Outcome:
+def run_job(
+    job_id: str | uuid.UUID, *, claim_token: str | None = None, settings: Settings | None = None
+) -> Outcome:
+    """Run the job once. ``claim_token`` names this delivery (the Celery task id): the
+    same delivery retried after a database error takes its own claim back at once
+    instead of waiting for the lease to expire."""
     settings = settings or get_settings()
     try:
         jid = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
@@ -111,7 +116,7 @@ def run_job(job_id: str | uuid.UUID, *, settings: Settings | None = None) -> Out
         log.error("dropping a message with a malformed job id %r", job_id)
         return Outcome(str(job_id), "skipped", reason="malformed job id")
 
-    claim_or_outcome = _claim(jid, settings)
+    claim_or_outcome = _claim(jid, claim_token or str(uuid.uuid4()), settings)
     if isinstance(claim_or_outcome, Outcome):
         return claim_or_outcome
     claim = claim_or_outcome
@@ -142,8 +147,9 @@ def run_job(job_id: str | uuid.UUID, *, settings: Settings | None = None) -> Out
     return _record(claim, provider, started, latency, response, error, settings)
 
 
-def _claimable(now: datetime) -> Any:
+def _claimable(now: datetime, token: str) -> Any:
     return or_(
+        and_(AIRequestRow.status == JobStatus.RUNNING, AIRequestRow.claim_token == token),
         and_(
             AIRequestRow.status.in_([JobStatus.QUEUED, JobStatus.WAITING]),
             or_(AIRequestRow.next_attempt_at.is_(None), AIRequestRow.next_attempt_at <= now),
@@ -152,13 +158,12 @@ def _claimable(now: datetime) -> Any:
     )
 
 
-def _claim(jid: uuid.UUID, settings: Settings) -> _Claim | Outcome:
+def _claim(jid: uuid.UUID, token: str, settings: Settings) -> _Claim | Outcome:
     now = utcnow()
-    token = str(uuid.uuid4())
     with session_scope() as session:
         result = session.execute(
             update(AIRequestRow)
-            .where(AIRequestRow.id == jid, _claimable(now))
+            .where(AIRequestRow.id == jid, _claimable(now, token))
             .values(
                 status=JobStatus.RUNNING,
                 claim_token=token,
@@ -311,7 +316,7 @@ def _record(
             request_id=claim.job_id,
             number=claim.number,
             provider=claim.provider,
-            model=response.model if response else claim.request.model,
+            model=response.model if response else (claim.request.model or provider.default_model),
             latency_s=latency,
             started_at=started,
             finished_at=now,

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,7 +50,8 @@ def _ensure_redis() -> None:
     subprocess.run(
         "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' "
         "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log",
-        shell=True, check=False,
+        shell=True,
+        check=False,
     )
     for _ in range(50):
         try:
@@ -83,7 +85,12 @@ class CeleryProcess:
     kind: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    log_file: Any = field(repr=False, default=None)
     env: dict[str, str] = field(repr=False, default_factory=dict)
+
+    def _closed(self) -> None:
+        if self.log_file is not None:
+            self.log_file.close()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -92,16 +99,17 @@ class CeleryProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+        self._closed()
 
     def stop(self, timeout: float = 20) -> None:
-        if self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill9()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        self._closed()
 
 
 class CeleryLauncher:
@@ -114,7 +122,9 @@ class CeleryLauncher:
     def _spawn(self, kind: str, args: list[str], env: dict[str, str]) -> CeleryProcess:
         n = len(self.processes)
         log_path = self.tmp_path / f"{kind}-{n}.log"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEGEN_"))}
+        full_env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEGEN_"))
+        }
         full_env.update(env)
         full_env["PYTHONUNBUFFERED"] = "1"
         full_env.setdefault("AIW_DATA_DIR", str(self.tmp_path / "data"))
@@ -127,7 +137,7 @@ class CeleryLauncher:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: kill9 takes the pool too
         )
-        process = CeleryProcess(kind, proc, log_path, full_env)
+        process = CeleryProcess(kind, proc, log_path, log_file, full_env)
         self.processes.append(process)
         return process
 
@@ -144,9 +154,21 @@ class CeleryLauncher:
         n = len(self.processes)
         process = self._spawn(
             "worker",
-            ["worker", "--loglevel", "INFO", "--pool", pool, "--concurrency", str(concurrency),
-             "-Q", queues, "-n", name or f"test{n}@%h",
-             "--without-gossip", "--without-mingle"],
+            [
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--pool",
+                pool,
+                "--concurrency",
+                str(concurrency),
+                "-Q",
+                queues,
+                "-n",
+                name or f"test{n}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
             env,
         )
         deadline = time.monotonic() + ready_timeout

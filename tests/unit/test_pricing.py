@@ -45,5 +45,5 @@ def test_override_from_file(tmp_path: Path, env) -> None:  # type: ignore[no-unt
 def test_bad_pricing_file_names_the_problem(tmp_path: Path, content: str) -> None:
     path = tmp_path / "prices.json"
     path.write_text(content)
-    with pytest.raises(PricingError, match="prices.json"):
+    with pytest.raises(PricingError, match=r"prices\.json"):
         PriceTable().override_from_file(path)

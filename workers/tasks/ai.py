@@ -25,7 +25,7 @@ DATABASE_DOWN = (OperationalError, InterfaceError)
     retry_jitter=True,
 )
 def run_ai_request(self: Any, job_id: str) -> str:
-    outcome = run_job(job_id)
+    outcome = run_job(job_id, claim_token=self.request.id)
     if outcome.action == "retry":
         raise self.retry(countdown=outcome.countdown, max_retries=None)
     if outcome.callback:

@@ -1,0 +1,143 @@
+"""``aiw demo``: the whole path on one machine, against the built-in fakes.
+
+Starts the fake OpenAI and Codegen servers on loopback, points a private
+settings environment at them (SQLite database and SQLite broker in a temporary
+data directory, unless DATABASE_URL / CELERY_BROKER_URL are set), migrates,
+starts a real Celery worker process, submits a few jobs (one of them meets a
+429 with Retry-After and one a 503 on the way), waits for them, and prints the
+jobs, their attempts and the usage table. Then a direct call shows fallback
+from a failing Codegen to OpenAI. No key and no service needed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from app.config import get_settings
+from app.sandbox.base import Fault
+from app.sandbox.codegen_server import FakeCodegenServer
+from app.sandbox.openai_server import FakeOpenAIServer
+
+
+def _wait_ready(log: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and "ready." in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+    raise RuntimeError(f"the demo worker did not start:\n{tail}")
+
+
+def run_demo(count: int = 5) -> None:
+    console = Console()
+    data_dir = Path(tempfile.mkdtemp(prefix="aiw-demo-"))
+    openai = FakeOpenAIServer().start()
+    codegen = FakeCodegenServer().start()
+    env = {
+        "AIW_DATA_DIR": str(data_dir),
+        "OPENAI_API_KEY": openai.api_key,
+        "OPENAI_BASE_URL": openai.url,
+        "CODEGEN_TOKEN": codegen.token,
+        "CODEGEN_ORG_ID": str(codegen.org_id),
+        "CODEGEN_BASE_URL": codegen.url,
+        "CODEGEN_POLL_INTERVAL": "0.2",
+        "PREFER_CODEGEN": "false",
+        "RETRY_BASE_DELAY": "0.2",
+        "AIW_WORKER_CONCURRENCY": "4",
+    }
+    os.environ.update(env)
+    get_settings.cache_clear()
+    settings = get_settings()
+
+    from app.db.migrate import upgrade
+    from app.db.session import database_url
+
+    upgrade()
+    mode = "PostgreSQL" if settings.database_url else "embedded SQLite"
+    console.print(f"[bold]ai-worker demo[/] database: {mode} ({database_url()})")
+    console.print(f"fake OpenAI at {openai.url}, fake Codegen at {codegen.url}")
+
+    log = data_dir / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "-Q",
+                "ai_requests,maintenance",
+                "--loglevel",
+                "INFO",
+                "--pool",
+                "threads",
+                "--concurrency",
+                "4",
+                "-n",
+                "demo@%h",
+            ],
+            env={**os.environ},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(log, worker)
+        console.print(f"worker started (pid {worker.pid}, log {log})")
+        from app.jobs import get_attempts, submit, usage_stats
+
+        openai.faults.push(Fault.rate_limit(retry_after=1))
+        openai.faults.push(Fault.status_code(503))
+        handles = [submit(f"Say something about file {n}.py", tags=["demo"]) for n in range(count)]
+        console.print(f"submitted {len(handles)} jobs; waiting...")
+        jobs = [h.wait(timeout=120) for h in handles]
+
+        table = Table(title="jobs")
+        for col in ("id", "status", "provider", "attempts", "answer"):
+            table.add_column(col)
+        for job in jobs:
+            outcomes = " ".join(a.outcome for a in get_attempts(job.id))
+            answer = (job.result or {}).get("content", job.error_message or "")
+            table.add_row(
+                str(job.id)[:8], job.status, job.provider_used or "-", outcomes, answer[:40]
+            )
+        console.print(table)
+        for row in usage_stats(group_by=("provider", "model")):
+            console.print(
+                f"usage: {row['provider']} {row['model']}: {row['requests']} calls, "
+                f"{row['successes']} ok, {row['total_tokens']} tokens, ${row['cost_usd']:.6f}, "
+                f"p95 {row['p95_latency_s']:.3f}s"
+            )
+
+        from app.ai.providers import create_ai_provider
+
+        codegen.faults.push(Fault.unauthorized(), times=5)
+        provider = create_ai_provider(prefer_codegen=True, validate_on_creation=False)
+        answer = provider.generate_response("Which provider answers when Codegen refuses?")
+        fell_back = [e["provider"] for e in answer.metadata.get("fallback_errors", [])]
+        console.print(
+            f"direct call with fallback: answered by [bold]{answer.provider_name}[/] "
+            f"after {fell_back} failed: {answer.content!r}"
+        )
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        openai.stop()
+        codegen.stop()
+    console.print("[green]demo finished[/]")
