@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,8 +64,10 @@ class Settings(BaseSettings):
 
     # --- Jobs and workers -----------------------------------------------------------
     aiw_max_countdown: float = Field(
-        300.0, gt=0, description="longest retry wait kept as a broker countdown; longer waits are"
-        " parked in the database for the sweep"
+        300.0,
+        gt=0,
+        description="longest retry wait kept as a broker countdown; longer waits are"
+        " parked in the database for the sweep",
     )
     aiw_task_soft_time_limit: float = Field(540.0, gt=0, description="seconds, per task")
     aiw_task_time_limit: float = Field(600.0, gt=0, description="seconds, per task (hard kill)")
@@ -107,6 +110,16 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("openai_base_url", "codegen_base_url")
+    @classmethod
+    def _no_credentials_in_urls(cls, value: str | None) -> str | None:
+        # HTTP clients log request URLs: a user:password part would end up in logs.
+        if value and "@" in (urlsplit(value).netloc or ""):
+            raise ValueError("must not contain credentials (user:password@); use the token setting")
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
     @field_validator("codegen_org_id", "openai_base_url", "aiw_pricing_file", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
@@ -137,7 +150,17 @@ class Settings(BaseSettings):
         return self
 
 
-_SECRET_FIELDS = {"openai_api_key", "codegen_token", "flower_basic_auth"}
+# Never echoed in an error: secrets, and URLs (they may carry a password).
+_SECRET_FIELDS = {
+    "openai_api_key",
+    "codegen_token",
+    "flower_basic_auth",
+    "openai_base_url",
+    "codegen_base_url",
+    "database_url",
+    "celery_broker_url",
+    "redis_url",
+}
 
 
 def load_settings(**overrides: object) -> Settings:

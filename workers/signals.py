@@ -20,7 +20,7 @@ def _logging(**_: Any) -> None:
     )
     # httpx/openai log request lines at DEBUG; headers never include our key there,
     # but keep them at WARNING so a DEBUG worker log stays readable.
-    for noisy in ("httpx", "httpcore", "openai", "urllib3"):
+    for noisy in ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
