@@ -276,3 +276,5 @@ __all__ = [
     "JobStatus",
     "UsageRow",
 ]
+
+from app.db import webhook_models as _webhook_models  # noqa: E402,F401  (webhook tables)

@@ -12,7 +12,10 @@ from sqlalchemy import inspect, pool
 from app.db import Base, migrate
 from app.db.session import create_engine_for
 
-TABLES = {"ai_requests", "ai_attempts", "ai_usage", "artifacts"}
+TABLES = {
+    "ai_requests", "ai_attempts", "ai_usage", "artifacts",
+    "webhook_endpoints", "webhook_events", "webhook_deliveries", "webhook_attempts",
+}  # fmt: skip
 
 COLUMNS = {
     "ai_requests": {
@@ -36,6 +39,20 @@ COLUMNS = {
     "artifacts": {
         "id", "request_id", "agent_run_id", "kind", "name", "content", "data", "created_at",
     },
+    "webhook_endpoints": {
+        "id", "url", "description", "event_types", "secret_encrypted", "enabled",
+        "disabled_reason", "disabled_at", "failing_since", "created_at", "updated_at",
+    },
+    "webhook_events": {"id", "type", "payload", "created_at"},
+    "webhook_deliveries": {
+        "id", "event_id", "endpoint_id", "status", "attempt_count", "next_attempt_at",
+        "published_at", "claim_token", "lease_expires_at", "last_status_code", "last_error",
+        "delivered_at", "created_at", "updated_at",
+    },
+    "webhook_attempts": {
+        "id", "delivery_id", "number", "manual", "status_code", "latency_s", "error",
+        "response_snippet", "created_at",
+    },
 }  # fmt: skip
 
 INDEXES = {
@@ -56,6 +73,14 @@ INDEXES = {
         ("ix_artifacts_request_id", ("request_id",)),
         ("ix_artifacts_agent_run_id", ("agent_run_id",)),
     },
+    "webhook_endpoints": set(),
+    "webhook_events": {("ix_webhook_events_created_at", ("created_at",))},
+    "webhook_deliveries": {
+        ("ix_webhook_deliveries_status_next_attempt_at", ("status", "next_attempt_at")),
+        ("ix_webhook_deliveries_endpoint_id_created_at", ("endpoint_id", "created_at")),
+        ("ix_webhook_deliveries_created_at", ("created_at",)),
+    },
+    "webhook_attempts": set(),
 }
 
 UNIQUES = {
@@ -63,6 +88,12 @@ UNIQUES = {
     "ai_attempts": {("uq_ai_attempts_request_id_number", ("request_id", "number"))},
     "ai_usage": {("uq_ai_usage_attempt_id", ("attempt_id",))},
     "artifacts": set(),
+    "webhook_endpoints": set(),
+    "webhook_events": set(),
+    "webhook_deliveries": {
+        ("uq_webhook_deliveries_event_id_endpoint_id", ("event_id", "endpoint_id")),
+    },
+    "webhook_attempts": {("uq_webhook_attempts_delivery_id_number", ("delivery_id", "number"))},
 }
 
 FOREIGN_KEYS = {
@@ -72,6 +103,11 @@ FOREIGN_KEYS = {
         ("request_id", "ai_requests", "CASCADE"),
     },
     "artifacts": {("request_id", "ai_requests", "CASCADE")},
+    "webhook_deliveries": {
+        ("event_id", "webhook_events", "CASCADE"),
+        ("endpoint_id", "webhook_endpoints", "CASCADE"),
+    },
+    "webhook_attempts": {("delivery_id", "webhook_deliveries", "CASCADE")},
 }
 
 
@@ -107,6 +143,8 @@ def _check_schema(url: str) -> None:
             assert fks == FOREIGN_KEYS.get(table, set()), table
         checks = {c["name"] for c in insp.get_check_constraints("ai_requests")}
         assert "ck_ai_requests_status" in checks
+        checks = {c["name"] for c in insp.get_check_constraints("webhook_deliveries")}
+        assert "ck_webhook_deliveries_status" in checks
         # The schema and the models agree: autogenerate finds nothing to do.
         with engine.connect() as conn:
             context = MigrationContext.configure(
