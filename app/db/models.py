@@ -255,8 +255,9 @@ class ArtifactRow(Base):
     request_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("ai_requests.id", ondelete="CASCADE"), index=True
     )
-    # The agent-runs table comes later; the foreign key will be added with it.
-    agent_run_id: Mapped[int | None] = mapped_column(BigIntPK, index=True)
+    agent_run_id: Mapped[int | None] = mapped_column(
+        BigIntPK, ForeignKey("agent_runs.id", ondelete="CASCADE"), index=True
+    )
     kind: Mapped[str] = mapped_column(String(32), nullable=False)  # result, summary, logs, ...
     name: Mapped[str | None] = mapped_column(String(255))
     content: Mapped[str | None] = mapped_column(Text)
@@ -277,4 +278,5 @@ __all__ = [
     "UsageRow",
 ]
 
+from app.db import agent_run_models as _agent_run_models  # noqa: E402,F401  (agent run tables)
 from app.db import webhook_models as _webhook_models  # noqa: E402,F401  (webhook tables)

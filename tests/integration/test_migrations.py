@@ -15,6 +15,7 @@ from app.db.session import create_engine_for
 TABLES = {
     "ai_requests", "ai_attempts", "ai_usage", "artifacts",
     "webhook_endpoints", "webhook_events", "webhook_deliveries", "webhook_attempts",
+    "agent_runs", "agent_run_events",
 }  # fmt: skip
 
 COLUMNS = {
@@ -53,6 +54,19 @@ COLUMNS = {
         "id", "delivery_id", "number", "manual", "status_code", "latency_s", "error",
         "response_snippet", "created_at",
     },
+    "agent_runs": {
+        "id", "remote_id", "state", "remote_status", "source", "marker", "prompt", "repo_id",
+        "metadata", "model", "agent_type", "tags", "images", "pending_prompt", "callbacks",
+        "webhook", "next_poll_at", "poll_interval", "polls_since_change", "poll_failures",
+        "last_polled_at", "last_status_change_at", "last_poll_error", "deadline_at",
+        "stuck_at", "logs_fetched_at", "resumed_at", "resume_count", "claim_token",
+        "lease_expires_at", "next_attempt_at", "published_at", "attempt_count", "retries",
+        "outcome_unknown", "result", "summary", "web_url", "error_type", "error_message",
+        "finished_at", "created_at", "updated_at",
+    },
+    "agent_run_events": {
+        "id", "agent_run_id", "kind", "old_status", "new_status", "detail", "created_at",
+    },
 }  # fmt: skip
 
 INDEXES = {
@@ -81,6 +95,12 @@ INDEXES = {
         ("ix_webhook_deliveries_created_at", ("created_at",)),
     },
     "webhook_attempts": set(),
+    "agent_runs": {
+        ("ix_agent_runs_state_next_poll_at", ("state", "next_poll_at")),
+        ("ix_agent_runs_state_next_attempt_at", ("state", "next_attempt_at")),
+        ("ix_agent_runs_created_at", ("created_at",)),
+    },
+    "agent_run_events": {("ix_agent_run_events_agent_run_id_id", ("agent_run_id", "id"))},
 }
 
 UNIQUES = {
@@ -94,6 +114,8 @@ UNIQUES = {
         ("uq_webhook_deliveries_event_id_endpoint_id", ("event_id", "endpoint_id")),
     },
     "webhook_attempts": {("uq_webhook_attempts_delivery_id_number", ("delivery_id", "number"))},
+    "agent_runs": {("uq_agent_runs_remote_id", ("remote_id",))},
+    "agent_run_events": set(),
 }
 
 FOREIGN_KEYS = {
@@ -102,12 +124,16 @@ FOREIGN_KEYS = {
         ("attempt_id", "ai_attempts", "CASCADE"),
         ("request_id", "ai_requests", "CASCADE"),
     },
-    "artifacts": {("request_id", "ai_requests", "CASCADE")},
+    "artifacts": {
+        ("request_id", "ai_requests", "CASCADE"),
+        ("agent_run_id", "agent_runs", "CASCADE"),
+    },
     "webhook_deliveries": {
         ("event_id", "webhook_events", "CASCADE"),
         ("endpoint_id", "webhook_endpoints", "CASCADE"),
     },
     "webhook_attempts": {("delivery_id", "webhook_deliveries", "CASCADE")},
+    "agent_run_events": {("agent_run_id", "agent_runs", "CASCADE")},
 }
 
 
@@ -145,6 +171,10 @@ def _check_schema(url: str) -> None:
         assert "ck_ai_requests_status" in checks
         checks = {c["name"] for c in insp.get_check_constraints("webhook_deliveries")}
         assert "ck_webhook_deliveries_status" in checks
+        checks = {c["name"] for c in insp.get_check_constraints("agent_runs")}
+        assert "ck_agent_runs_state" in checks
+        checks = {c["name"] for c in insp.get_check_constraints("agent_run_events")}
+        assert "ck_agent_run_events_kind" in checks
         # The schema and the models agree: autogenerate finds nothing to do.
         with engine.connect() as conn:
             context = MigrationContext.configure(

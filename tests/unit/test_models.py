@@ -27,6 +27,7 @@ from app.db import (
     session_scope,
     utcnow,
 )
+from app.db.agent_run_models import AgentRunRow
 
 
 def _request(**values: object) -> AIRequestRow:
@@ -244,15 +245,24 @@ def test_deleting_a_request_cascades_in_sql(url: str) -> None:
 
 def test_artifacts_of_agent_runs_need_no_request(url: str) -> None:
     with session_scope(url) as session:
+        run = AgentRunRow(state="active", source="tracked", remote_id=7, poll_interval=10.0)
+        session.add(run)
+        session.flush()
+        run_id = run.id
         session.add_all(
             [
-                ArtifactRow(agent_run_id=7, kind="pull_request", name="#1", data={"url": "u"}),
-                ArtifactRow(agent_run_id=7, kind="pull_request", name="#1", data={"url": "u"}),
+                ArtifactRow(agent_run_id=run_id, kind="pull_request", name="#1", data={"url": "u"}),
+                ArtifactRow(agent_run_id=run_id, kind="pull_request", name="#1", data={"url": "u"}),
             ]
         )
     with session_scope(url) as session:
-        rows = session.scalars(select(ArtifactRow).where(ArtifactRow.agent_run_id == 7)).all()
+        rows = session.scalars(select(ArtifactRow).where(ArtifactRow.agent_run_id == run_id)).all()
         assert [r.data for r in rows] == [{"url": "u"}, {"url": "u"}]
+    with session_scope(url) as session:  # an artifact of an unknown run is refused
+        session.add(ArtifactRow(agent_run_id=run_id + 1000, kind="result", content="x"))
+        with pytest.raises(IntegrityError):
+            session.flush()
+        session.rollback()
 
 
 # --- session boundary ------------------------------------------------------------------
