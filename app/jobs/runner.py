@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, func, insert, or_, update
+from sqlalchemy.orm import Session
 
 from app.ai.base import AIProvider, AIRequest, AIResponse
 from app.ai.errors import AIProviderError, ProviderRateLimitError, ProviderUnavailableError
@@ -69,6 +70,9 @@ class _Claim:
     number: int  # this attempt's number within the job
     provider: str
     chain: list[str]
+    provider_index: int
+    retries_on_provider: int
+    callback: str | None
     request: AIRequest
 
 
@@ -158,10 +162,22 @@ def _claimable(now: datetime, token: str) -> Any:
     )
 
 
+_chains: dict[int, list[str]] = {}
+
+
+def _automatic_chain(settings: Settings) -> list[str]:
+    """The automatic provider order of this worker (computed once per settings)."""
+    chain = _chains.get(id(settings))
+    if chain is None:
+        chain = _chains[id(settings)] = automatic_order(settings.prefer_codegen, settings)
+    return chain
+
+
 def _claim(jid: uuid.UUID, token: str, settings: Settings) -> _Claim | Outcome:
+    """One UPDATE ... RETURNING: the job is ours, or it is not claimable now."""
     now = utcnow()
     with session_scope() as session:
-        result = session.execute(
+        row = session.scalars(
             update(AIRequestRow)
             .where(AIRequestRow.id == jid, _claimable(now, token))
             .values(
@@ -170,25 +186,23 @@ def _claim(jid: uuid.UUID, token: str, settings: Settings) -> _Claim | Outcome:
                 lease_expires_at=now + timedelta(seconds=settings.job_lease),
                 attempt_count=AIRequestRow.attempt_count + 1,
                 next_attempt_at=None,
+                started_at=func.coalesce(AIRequestRow.started_at, now),
                 updated_at=now,
             )
-            .execution_options(synchronize_session=False)
-        )
-        row = session.get(AIRequestRow, jid)
+            .returning(AIRequestRow),
+            execution_options={"synchronize_session": False},
+        ).first()
         if row is None:
-            log.warning("job %s: no such job; message dropped", jid)
-            return Outcome(str(jid), "skipped", reason="no such job")
-        if not getattr(result, "rowcount", 0):
-            return _not_claimed(row, now, settings)
-        if row.started_at is None:
-            row.started_at = now
-        if not row.provider_chain:
-            row.provider_chain = (
-                [row.provider_requested]
-                if row.provider_requested
-                else automatic_order(settings.prefer_codegen, settings)
-            )
-        chain = list(row.provider_chain)
+            existing = session.get(AIRequestRow, jid)
+            if existing is None:
+                log.warning("job %s: no such job; message dropped", jid)
+                return Outcome(str(jid), "skipped", reason="no such job")
+            return _not_claimed(existing, now, settings)
+        # The chain is fixed at the first claim: a forced provider alone, else this
+        # worker's automatic order. It is written with the first attempt's record.
+        chain = list(row.provider_chain) or (
+            [row.provider_requested] if row.provider_requested else _automatic_chain(settings)
+        )
         if row.provider_index >= len(chain):
             error = ProviderUnavailableError(
                 "no AI provider is configured in the worker (set OPENAI_API_KEY, or "
@@ -207,7 +221,17 @@ def _claim(jid: uuid.UUID, token: str, settings: Settings) -> _Claim | Outcome:
             max_tokens=params.get("max_tokens"),
             extra=dict(params.get("provider_kwargs") or {}),
         )
-        return _Claim(jid, token, row.attempt_count, chain[row.provider_index], chain, request)
+        return _Claim(
+            jid,
+            token,
+            row.attempt_count,
+            chain[row.provider_index],
+            chain,
+            row.provider_index,
+            row.retries_on_provider,
+            row.callback,
+            request,
+        )
 
 
 def _not_claimed(row: AIRequestRow, now: datetime, settings: Settings) -> Outcome:
@@ -240,39 +264,50 @@ def _start_cooldown(name: str, seconds: float, settings: Settings) -> None:
         log.warning("cooldown store unreachable (%s); cooldown not shared", type(exc).__name__)
 
 
-def _schedule(
-    row: AIRequestRow, delay: float, now: datetime, settings: Settings
-) -> tuple[Action, float | None]:
-    """Put a job to wait ``delay`` seconds: a broker countdown, or parked for the sweep."""
-    row.status = JobStatus.WAITING
-    row.next_attempt_at = now + timedelta(seconds=delay)
-    row.claim_token = None
-    row.lease_expires_at = None
-    row.updated_at = now
+def _wait_values(
+    delay: float, now: datetime, settings: Settings
+) -> tuple[dict[str, Any], Action, float | None]:
+    """The job waits ``delay`` seconds: a broker countdown, or parked for the sweep."""
+    values: dict[str, Any] = {
+        "status": JobStatus.WAITING,
+        "next_attempt_at": now + timedelta(seconds=delay),
+        "claim_token": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
     if delay <= settings.aiw_max_countdown:
-        row.published_at = now  # the task re-publishes itself with this countdown
-        return "retry", delay
-    row.published_at = None  # no message waits for it: the sweep publishes when due
-    return "parked", None
+        values["published_at"] = now  # the task re-publishes itself with this countdown
+        return values, "retry", delay
+    values["published_at"] = None  # no message waits for it: the sweep publishes when due
+    return values, "parked", None
 
 
-def _defer(claim: _Claim, waiting: float, settings: Settings) -> Outcome:
-    """The provider is cooling down: give the claim back without calling it."""
-    now = utcnow()
-    delay = waiting + random.uniform(0, min(1.0, waiting * 0.1))  # spread the herd
-    with session_scope() as session:
-        row = session.get(AIRequestRow, claim.job_id, with_for_update=True)
-        if row is None or row.claim_token != claim.token:
-            return Outcome(str(claim.job_id), "skipped", reason="claim lost")
-        row.attempt_count -= 1  # nothing was tried
-        action, countdown = _schedule(row, delay, now, settings)
-        return Outcome(
-            str(claim.job_id),
-            action,
-            JobStatus.WAITING,
-            countdown=countdown,
-            reason=f"{claim.provider} cooling down",
+def _finish_values(
+    status: JobStatus,
+    now: datetime,
+    *,
+    response: AIResponse | None = None,
+    error: AIProviderError | None = None,
+) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": now,
+        "updated_at": now,
+        "claim_token": None,
+        "lease_expires_at": None,
+        "next_attempt_at": None,
+    }
+    if response is not None:
+        values.update(
+            result=response.model_dump(mode="json"),
+            provider_used=response.provider_name,
+            model=response.model,
+            error_type=None,
+            error_message=None,
         )
+    if error is not None:
+        values.update(error_type=error.error_type, error_message=str(error))
+    return values
 
 
 def _finish(
@@ -283,20 +318,41 @@ def _finish(
     response: AIResponse | None = None,
     error: AIProviderError | None = None,
 ) -> None:
-    row.status = status
-    row.finished_at = now
-    row.updated_at = now
-    row.claim_token = None
-    row.lease_expires_at = None
-    row.next_attempt_at = None
-    if response is not None:
-        row.result = response.model_dump(mode="json")
-        row.provider_used = response.provider_name
-        row.model = response.model
-        row.error_type = row.error_message = None
-    if error is not None:
-        row.error_type = error.error_type
-        row.error_message = str(error)
+    for name, value in _finish_values(status, now, response=response, error=error).items():
+        setattr(row, name, value)
+
+
+def _fenced_update(session: Session, claim: _Claim, values: dict[str, Any]) -> bool:
+    """Apply ``values`` only if the claim still holds. False: cancelled or taken over."""
+    result = session.execute(
+        update(AIRequestRow)
+        .where(
+            AIRequestRow.id == claim.job_id,
+            AIRequestRow.claim_token == claim.token,
+            AIRequestRow.status == JobStatus.RUNNING,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def _defer(claim: _Claim, waiting: float, settings: Settings) -> Outcome:
+    """The provider is cooling down: give the claim back without calling it."""
+    now = utcnow()
+    delay = waiting + random.uniform(0, min(1.0, waiting * 0.1))  # spread the herd
+    values, action, countdown = _wait_values(delay, now, settings)
+    values["attempt_count"] = AIRequestRow.attempt_count - 1  # nothing was tried
+    with session_scope() as session:
+        if not _fenced_update(session, claim, values):
+            return Outcome(str(claim.job_id), "skipped", reason="claim lost")
+    return Outcome(
+        str(claim.job_id),
+        action,
+        JobStatus.WAITING,
+        countdown=countdown,
+        reason=f"{claim.provider} cooling down",
+    )
 
 
 def _record(
@@ -308,81 +364,89 @@ def _record(
     error: AIProviderError | None,
     settings: Settings,
 ) -> Outcome:
+    """One transaction: the job's next state (fenced by the claim), the attempt, the usage."""
     now = utcnow()
     jid = str(claim.job_id)
-    with session_scope() as session:
-        row = session.get(AIRequestRow, claim.job_id, with_for_update=True)
-        attempt = AttemptRow(
-            request_id=claim.job_id,
-            number=claim.number,
-            provider=claim.provider,
-            model=response.model if response else (claim.request.model or provider.default_model),
-            latency_s=latency,
-            started_at=started,
-            finished_at=now,
-        )
-        if error is not None:
-            attempt.http_status = error.status_code
-            attempt.retry_after_s = error.retry_after
-            attempt.error_type = error.error_type
-            attempt.error_message = str(error)[:4000]
-            attempt.provider_request_id = error.request_id
-        elif response is not None:
-            attempt.provider_request_id = response.request_id
-        session.add(attempt)
-
-        if row is None or row.claim_token != claim.token or row.status != JobStatus.RUNNING:
-            # Cancelled meanwhile, or our lease ran out and another worker took over.
-            attempt.outcome = AttemptOutcome.SUPERSEDED
-            return Outcome(jid, "skipped", row.status if row else None, reason="claim lost")
-
-        if response is not None:
-            attempt.outcome = AttemptOutcome.SUCCEEDED
-            usage = response.usage
-            session.add(
-                UsageRow(
-                    attempt=attempt,
-                    request_id=claim.job_id,
-                    provider=response.provider_name,
-                    model=response.model,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    cached_tokens=usage.cached_tokens,
-                    reasoning_tokens=usage.reasoning_tokens,
-                    total_tokens=usage.total_tokens,
-                    cost_usd=response.cost_usd,
-                    latency_s=latency,
-                    created_at=now,
-                )
-            )
-            _finish(row, JobStatus.SUCCEEDED, now, response=response)
-            return Outcome(jid, "done", JobStatus.SUCCEEDED, callback=row.callback)
-
+    attempt: dict[str, Any] = {
+        "request_id": claim.job_id,
+        "number": claim.number,
+        "provider": claim.provider,
+        "model": response.model if response else (claim.request.model or provider.default_model),
+        "latency_s": latency,
+        "started_at": started,
+        "finished_at": now,
+        "http_status": None,
+        "retry_after_s": None,
+        "error_type": None,
+        "error_message": None,
+        "provider_request_id": None,
+    }
+    usage: dict[str, Any] | None = None
+    countdown: float | None = None
+    if response is not None:
+        attempt["outcome"] = AttemptOutcome.SUCCEEDED
+        attempt["provider_request_id"] = response.request_id
+        tokens = response.usage
+        usage = {
+            "request_id": claim.job_id,
+            "provider": response.provider_name,
+            "model": response.model,
+            "prompt_tokens": tokens.prompt_tokens,
+            "completion_tokens": tokens.completion_tokens,
+            "cached_tokens": tokens.cached_tokens,
+            "reasoning_tokens": tokens.reasoning_tokens,
+            "total_tokens": tokens.total_tokens,
+            "cost_usd": response.cost_usd,
+            "latency_s": latency,
+            "created_at": now,
+        }
+        values = _finish_values(JobStatus.SUCCEEDED, now, response=response)
+        outcome = Outcome(jid, "done", JobStatus.SUCCEEDED, callback=claim.callback)
+    else:
         assert error is not None
+        attempt.update(
+            http_status=error.status_code,
+            retry_after_s=error.retry_after,
+            error_type=error.error_type,
+            error_message=str(error)[:4000],
+            provider_request_id=error.request_id,
+        )
         policy = provider.retry_policy
-        if policy.should_retry(error, row.retries_on_provider):
-            attempt.outcome = AttemptOutcome.RETRY
-            delay = policy.delay_for(error, row.retries_on_provider)
-            row.retries_on_provider += 1
-            action, countdown = _schedule(row, delay, now, settings)
-            return Outcome(
+        if policy.should_retry(error, claim.retries_on_provider):
+            attempt["outcome"] = AttemptOutcome.RETRY
+            delay = policy.delay_for(error, claim.retries_on_provider)
+            values, action, countdown = _wait_values(delay, now, settings)
+            values["retries_on_provider"] = claim.retries_on_provider + 1
+            outcome = Outcome(
                 jid, action, JobStatus.WAITING, countdown=countdown, reason=error.error_type
             )
-
-        attempt.outcome = AttemptOutcome.FAILED
-        if error.fallback and row.provider_index + 1 < len(claim.chain):
-            row.provider_index += 1
-            row.retries_on_provider = 0
-            action, countdown = _schedule(row, 0.0, now, settings)
-            return Outcome(
+        elif error.fallback and claim.provider_index + 1 < len(claim.chain):
+            attempt["outcome"] = AttemptOutcome.FAILED
+            values, action, countdown = _wait_values(0.0, now, settings)
+            values.update(provider_index=claim.provider_index + 1, retries_on_provider=0)
+            outcome = Outcome(
                 jid,
                 action,
                 JobStatus.WAITING,
                 countdown=countdown,
-                reason=f"falling back to {claim.chain[row.provider_index]}",
+                reason=f"falling back to {claim.chain[claim.provider_index + 1]}",
             )
+        else:
+            attempt["outcome"] = AttemptOutcome.FAILED
+            values = _finish_values(JobStatus.FAILED, now, error=error)
+            outcome = Outcome(
+                jid, "done", JobStatus.FAILED, callback=claim.callback, reason=error.error_type
+            )
+    values["provider_chain"] = claim.chain
 
-        _finish(row, JobStatus.FAILED, now, error=error)
-        return Outcome(
-            jid, "done", JobStatus.FAILED, callback=row.callback, reason=error.error_type
-        )
+    with session_scope() as session:
+        if not _fenced_update(session, claim, values):
+            # Cancelled meanwhile, or our lease ran out and another worker took over:
+            # the call is kept in the history, nothing else changes.
+            attempt["outcome"] = AttemptOutcome.SUPERSEDED
+            session.execute(insert(AttemptRow).values(**attempt))
+            return Outcome(jid, "skipped", reason="claim lost")
+        attempt_id = session.scalar(insert(AttemptRow).values(**attempt).returning(AttemptRow.id))
+        if usage is not None:
+            session.execute(insert(UsageRow).values(attempt_id=attempt_id, **usage))
+    return outcome
