@@ -9,6 +9,7 @@ from celery.signals import setup_logging, worker_process_init, worker_process_sh
 
 from app.config import get_settings
 from app.db.session import dispose_engines
+from app.jobs.cooldown import reset_cooldowns
 from app.jobs.runner import reset_providers
 
 
@@ -29,6 +30,7 @@ def _fresh_process(**_: Any) -> None:
     # A forked pool process must not share its parent's connections.
     dispose_engines()
     reset_providers()
+    reset_cooldowns()
 
 
 @worker_process_shutdown.connect

@@ -91,3 +91,9 @@ def get_cooldowns(settings: Settings) -> CooldownStore:
             store = RedisCooldowns(url) if url else MemoryCooldowns()
             _stores[url] = store
         return store
+
+
+def reset_cooldowns() -> None:
+    """Forget the stores (and so every in-process cooldown): after fork, and in tests."""
+    with _stores_lock:
+        _stores.clear()

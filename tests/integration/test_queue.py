@@ -236,3 +236,23 @@ def test_postgres_briefly_unreachable_the_task_retries(queue_bed: QueueBed) -> N
         assert (succeeded, failed) == (30, 0)
     finally:
         proxy.close()
+
+
+def test_a_429_cools_the_provider_down_for_every_worker(queue_bed: QueueBed) -> None:
+    """Two worker processes: after one of them meets a 429 with Retry-After: 2, no
+    call reaches the provider from either of them until the 2 s have passed."""
+    queue_bed.openai.latency = 0.1
+    queue_bed.worker(concurrency=4, name="a@%h")
+    queue_bed.worker(concurrency=4, name="b@%h")
+    warm = [submit(f"warm {n}").id for n in range(8)]
+    wait_all_finished(warm, timeout=30)
+    queue_bed.openai.faults.push(Fault.rate_limit(retry_after=2))
+    ids = [submit(f"storm {n}").id for n in range(40)]
+    wait_all_finished(ids, timeout=60)
+    calls = [r for r in queue_bed.openai.requests if r.path.endswith("/chat/completions")]
+    t429 = next(r.at for r in calls[len(warm):] if r.at)  # the first storm call got the 429
+    during = [r for r in calls if t429 + 0.3 < r.at < t429 + 1.8]
+    # Calls already in flight when the 429 came may land just after it; none may start
+    # well inside the cooldown window.
+    assert during == [], f"{len(during)} calls during the cooldown"
+    assert assert_each_ran_once(ids) == (40, 0)

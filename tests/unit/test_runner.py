@@ -1,0 +1,231 @@
+"""The job runner's decisions, one run at a time, on SQLite and the fakes over HTTP.
+
+The broker is replaced by a recording publisher (the port ``app.jobs.publisher``);
+the real broker path is in tests/integration/test_queue.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from app.db.base import utcnow
+from app.db.models import AIRequestRow, AttemptRow, JobStatus, UsageRow
+from app.db.session import dispose_engines, session_scope
+from app.jobs import cancel, get_attempts, get_job, submit, usage_stats
+from app.jobs.cooldown import reset_cooldowns
+from app.jobs.publisher import set_publisher
+from app.jobs.runner import reset_providers, run_job
+from app.jobs.sweep import sweep
+from app.sandbox.base import Fault
+from app.sandbox.codegen_server import FakeCodegenServer
+from app.sandbox.openai_server import FakeOpenAIServer
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.jobs: list[tuple[str, float | None]] = []
+        self.callbacks: list[tuple[str, list[object]]] = []
+
+    def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
+        self.jobs.append((job_id, countdown))
+
+    def send_callback(self, task_name: str, args: list[object]) -> None:
+        self.callbacks.append((task_name, args))
+
+    def ensure_routes(self) -> None:
+        pass
+
+    def publish_delivery(self, delivery_id: str, *, countdown: float | None = None) -> None:
+        pass
+
+
+def drive(job_id: uuid.UUID) -> list[str]:
+    """Run a job until it ends, waiting out each countdown as the broker would."""
+    actions = []
+    while True:
+        outcome = run_job(job_id)
+        actions.append(outcome.action)
+        if outcome.action != "retry":
+            return actions
+        time.sleep(outcome.countdown or 0)
+
+
+@pytest.fixture
+def published(migrated_sqlite_url: str, env: Any) -> Any:
+    env(DATABASE_URL=migrated_sqlite_url, RETRY_BASE_DELAY=0.01, RETRY_MAX_DELAY=0.05,
+        OPENAI_MAX_RETRIES=2, PREFER_CODEGEN="false")
+    publisher = RecordingPublisher()
+    set_publisher(publisher)
+    reset_providers()
+    reset_cooldowns()
+    yield publisher
+    set_publisher(None)
+    reset_providers()
+    reset_cooldowns()
+    dispose_engines()
+
+
+def test_success_records_attempt_usage_and_result(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer
+) -> None:
+    handle = submit("hello", model="gpt-4o", callback="my.callback")
+    assert published.jobs == [(str(handle.id), None)]
+    outcome = run_job(handle.id)
+    assert (outcome.action, outcome.status, outcome.callback) == ("done", "succeeded",
+                                                                  "my.callback")
+    job = get_job(handle.id)
+    assert job.status == JobStatus.SUCCEEDED and job.provider_used == "openai"
+    assert job.provider_chain == ["openai"]
+    assert handle.result().content == "echo: hello"
+    with session_scope() as s:
+        usage = s.scalars(select(UsageRow)).one()
+    assert usage.model.startswith("gpt-4o") and usage.cost_usd and usage.cost_usd > 0
+    # A second delivery of the same message changes nothing.
+    again = run_job(handle.id)
+    assert again.action == "skipped"
+    assert len(openai_env.chat_requests()) == 1
+
+
+def test_retryable_error_becomes_a_countdown_then_succeeds(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer
+) -> None:
+    openai_env.faults.push(Fault.rate_limit(retry_after=3))
+    handle = submit("patience")
+    outcome = run_job(handle.id)
+    assert outcome.action == "retry" and outcome.countdown == 3
+    job = get_job(handle.id)
+    assert job.status == JobStatus.WAITING and job.next_attempt_at is not None
+    # Too early: the message is put back for the rest of the wait, nothing is called.
+    early = run_job(handle.id)
+    assert early.action == "retry" and 2 < (early.countdown or 0) <= 3
+    with session_scope() as s:
+        s.execute(update(AIRequestRow).values(next_attempt_at=utcnow()))
+    reset_cooldowns()  # the 429 started an in-process cooldown (no Redis here): end it
+    assert run_job(handle.id).action == "done"
+    assert [a.outcome for a in get_attempts(handle.id)] == ["retry", "succeeded"]
+
+
+def test_a_long_wait_is_parked_for_the_sweep(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer, env: Any
+) -> None:
+    env(AIW_MAX_COUNTDOWN=5, RETRY_AFTER_MAX=3600)
+    openai_env.faults.push(Fault.rate_limit(retry_after=600))
+    handle = submit("later")
+    published.jobs.clear()
+    outcome = run_job(handle.id)
+    assert outcome.action == "parked"
+    with session_scope() as s:
+        row = s.get(AIRequestRow, handle.id)
+        assert row is not None and row.published_at is None
+    assert sweep() == 0  # not due yet
+    with session_scope() as s:
+        s.execute(update(AIRequestRow).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+    assert sweep() == 1
+    assert published.jobs == [(str(handle.id), None)]
+    assert sweep() == 0  # stamped: not published twice
+
+
+def test_spent_retries_fall_back_to_the_next_provider(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer,
+    codegen_env: FakeCodegenServer, env: Any,
+) -> None:
+    env(PREFER_CODEGEN="true", CODEGEN_MAX_RETRIES=1)
+    codegen_env.faults.push(Fault.status_code(503), times=2)
+    handle = submit("fall back")
+    assert drive(handle.id)[-1] == "done"
+    job = get_job(handle.id)
+    assert job.provider_chain == ["codegen", "openai"]
+    assert job.provider_used == "openai" and job.status == JobStatus.SUCCEEDED
+    assert [(a.provider, a.outcome) for a in get_attempts(handle.id)] == [
+        ("codegen", "retry"), ("codegen", "failed"), ("openai", "succeeded"),
+    ]
+
+
+def test_forced_provider_does_not_fall_back_and_keeps_the_error(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer,
+    codegen_env: FakeCodegenServer,
+) -> None:
+    codegen_env.faults.push(Fault.status_code(403))
+    handle = submit("codegen only", provider="codegen")
+    outcome = run_job(handle.id)
+    assert outcome.action == "done" and outcome.status == JobStatus.FAILED
+    job = get_job(handle.id)
+    assert job.error_type == "ProviderAuthenticationError"
+    assert openai_env.chat_requests() == []
+
+
+def test_no_provider_in_the_worker_fails_with_a_clear_reason(
+    published: RecordingPublisher,
+) -> None:
+    handle = submit("nobody home")
+    outcome = run_job(handle.id)
+    assert outcome.status == JobStatus.FAILED
+    assert "OPENAI_API_KEY" in (get_job(handle.id).error_message or "")
+
+
+def test_cancel_during_a_call_discards_the_answer(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer
+) -> None:
+    openai_env.latency = 0.5
+    handle = submit("slow")
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(o=run_job(handle.id)))
+    thread.start()
+    while not openai_env.chat_requests():
+        pass
+    assert cancel(handle.id)
+    thread.join()
+    assert result["o"].action == "skipped"
+    assert get_job(handle.id).status == JobStatus.CANCELLED
+    assert [a.outcome for a in get_attempts(handle.id)] == ["superseded"]
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(UsageRow)) == 0
+
+
+def test_an_expired_lease_lets_another_delivery_take_over(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer
+) -> None:
+    handle = submit("orphan")
+    # A worker claimed it and died: running, lease in the past.
+    with session_scope() as s:
+        s.execute(update(AIRequestRow).values(
+            status=JobStatus.RUNNING, claim_token=str(uuid.uuid4()), attempt_count=1,
+            lease_expires_at=utcnow() - timedelta(seconds=1),
+            published_at=utcnow() - timedelta(hours=1)))
+    assert sweep() == 1
+    assert run_job(handle.id).action == "done"
+    attempts = get_attempts(handle.id)
+    assert [a.number for a in attempts] == [2]
+
+
+def test_usage_stats_add_up(published: RecordingPublisher, openai_env: FakeOpenAIServer) -> None:
+    openai_env.cached_tokens = 1
+    ids = [submit(f"question {n}", model="gpt-4o").id for n in range(4)]
+    openai_env.faults.push(Fault.status_code(500))
+    for job_id in ids:
+        drive(job_id)
+    with session_scope() as s:
+        usage = list(s.scalars(select(UsageRow)))
+        attempts = s.scalar(select(func.count()).select_from(AttemptRow))
+    rows = usage_stats(group_by=("provider", "model", "day"))
+    assert [(r["provider"], r["model"]) for r in rows] == [("openai", "gpt-4o")]
+    total = {k: sum(r[k] for r in rows) for k in ("requests", "successes", "failures",
+                                                  "prompt_tokens", "cached_tokens")}
+    assert total == {
+        "requests": attempts, "successes": 4, "failures": 1,
+        "prompt_tokens": sum(u.prompt_tokens for u in usage),
+        "cached_tokens": 4,
+    }
+    ok = rows[0]
+    assert ok["cost_usd"] == pytest.approx(sum(u.cost_usd or 0 for u in usage))
+    assert ok["success_rate"] == pytest.approx(4 / 5)
+    assert ok["p50_latency_s"] <= ok["p95_latency_s"]
+    assert ok["day"] == utcnow().date().isoformat()
+    assert usage_stats(since=utcnow() + timedelta(hours=1)) == []
