@@ -87,6 +87,24 @@ class Settings(BaseSettings):
         "", description="comma-separated modules the worker imports (your callback tasks)"
     )
 
+    # --- Webhooks -------------------------------------------------------------------
+    aiw_secret_key: SecretStr | None = Field(
+        None,
+        description="Fernet key(s) encrypting stored secrets, comma-separated to rotate (the"
+        " first encrypts); unset: one is generated into AIW_DATA_DIR/secret.key",
+    )
+    aiw_webhook_allow_private: bool = Field(
+        False, description="allow webhook URLs on loopback, private and link-local addresses"
+    )
+    aiw_webhook_retry_schedule: str = Field(
+        "5,300,1800,7200,18000,36000",
+        description="seconds to wait before each retry of a failed delivery, comma-separated",
+    )
+    aiw_webhook_disable_after: float = Field(
+        432_000.0, gt=0, description="an endpoint failing without a break this long is disabled"
+    )
+    aiw_webhook_timeout: float = Field(10.0, gt=0, description="seconds per delivery request")
+
     # --- Infrastructure ------------------------------------------------------------
     database_url: str | None = None
     celery_broker_url: str | None = None
@@ -127,6 +145,17 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("aiw_secret_key", mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("aiw_webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
     # Convenience -------------------------------------------------------------------
     @property
     def has_openai(self) -> bool:
@@ -135,6 +164,11 @@ class Settings(BaseSettings):
     @property
     def has_codegen(self) -> bool:
         return self.codegen_token is not None and self.codegen_org_id is not None
+
+    @property
+    def webhook_retry_schedule(self) -> tuple[float, ...]:
+        """Seconds before each retry of a failed delivery (``AIW_WEBHOOK_RETRY_SCHEDULE``)."""
+        return parse_schedule(self.aiw_webhook_retry_schedule)
 
     @property
     def job_lease(self) -> float:
@@ -155,12 +189,29 @@ _SECRET_FIELDS = {
     "openai_api_key",
     "codegen_token",
     "flower_basic_auth",
+    "aiw_secret_key",
     "openai_base_url",
     "codegen_base_url",
     "database_url",
     "celery_broker_url",
     "redis_url",
 }
+
+
+def parse_schedule(value: str) -> tuple[float, ...]:
+    """``"5,300,1800"`` -> ``(5.0, 300.0, 1800.0)``; blank means no retries."""
+    steps = []
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        try:
+            step = float(part)
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not a number of seconds") from None
+        if not 0 <= step < float("inf"):
+            raise ValueError(f"{part.strip()!r}: each wait must be a finite number >= 0")
+        steps.append(step)
+    return tuple(steps)
 
 
 def load_settings(**overrides: object) -> Settings:

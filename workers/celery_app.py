@@ -27,6 +27,7 @@ ALL_QUEUES = (QUEUE_AI, QUEUE_AGENT_RUNS, QUEUE_WEBHOOKS, QUEUE_MAINTENANCE)
 
 TASK_RUN_AI_REQUEST = "aiw.ai_request.run"
 TASK_SWEEP = "aiw.maintenance.sweep"
+TASK_DELIVER_WEBHOOK = "aiw.webhook.deliver"
 
 
 def queues() -> list[Queue]:
@@ -117,7 +118,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-TASK_MODULES = ["workers.tasks.ai", "workers.tasks.maintenance", "workers.signals"]
+TASK_MODULES = [
+    "workers.tasks.ai",
+    "workers.tasks.maintenance",
+    "workers.tasks.webhooks",
+    "workers.signals",
+]
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from celery import Celery
+from kombu.exceptions import KombuError
 
-from workers.celery_app import TASK_RUN_AI_REQUEST, celery_app, queues
+from app.jobs.publisher import PublishError
+from workers.celery_app import TASK_DELIVER_WEBHOOK, TASK_RUN_AI_REQUEST, celery_app, queues
 
 
 class CeleryPublisher:
@@ -25,3 +27,9 @@ class CeleryPublisher:
 
     def send_callback(self, task_name: str, args: list[object]) -> None:
         self.app.send_task(task_name, args=args)
+
+    def publish_delivery(self, delivery_id: str, *, countdown: float | None = None) -> None:
+        try:
+            self.app.send_task(TASK_DELIVER_WEBHOOK, args=[delivery_id], countdown=countdown)
+        except (KombuError, OSError) as exc:
+            raise PublishError(f"webhook delivery {delivery_id} not published: {exc}") from exc

@@ -28,6 +28,10 @@ class Publisher(Protocol):
     def send_callback(self, task_name: str, args: list[object]) -> None:
         """Send a user's callback task (a Celery task name) its arguments."""
 
+    def publish_delivery(self, delivery_id: str, *, countdown: float | None = None) -> None:
+        """Queue one try of the webhook delivery ``delivery_id`` (after ``countdown`` s).
+        A broker failure is raised as ``PublishError``."""
+
 
 _publisher: Publisher | None = None
 _lock = threading.Lock()

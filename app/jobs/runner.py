@@ -40,6 +40,7 @@ from app.db.base import utcnow
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus, UsageRow
 from app.db.session import session_scope
 from app.jobs.cooldown import credential_digest, get_cooldowns
+from app.webhooks.events import emit_ai_request_finished
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -209,6 +210,7 @@ def _claim(jid: uuid.UUID, token: str, settings: Settings) -> _Claim | Outcome:
                 "CODEGEN_TOKEN and CODEGEN_ORG_ID, in the worker's environment)"
             )
             _finish(row, JobStatus.FAILED, now, error=error)
+            emit_ai_request_finished(session, jid, JobStatus.FAILED)
             return Outcome(
                 str(jid), "done", JobStatus.FAILED, callback=row.callback, reason=error.message
             )
@@ -449,4 +451,6 @@ def _record(
         attempt_id = session.scalar(insert(AttemptRow).values(**attempt).returning(AttemptRow.id))
         if usage is not None:
             session.execute(insert(UsageRow).values(attempt_id=attempt_id, **usage))
+        if outcome.action == "done":  # webhooks, published once this transaction commits
+            emit_ai_request_finished(session, claim.job_id, str(outcome.status))
     return outcome
