@@ -1,17 +1,26 @@
 """The ``aiw`` command line.
 
 Every command prints one clear line and exits non-zero on a user error (bad id,
-bad argument, unreachable database), never a traceback.
+missing argument, bad URL, unreachable database or broker), never a traceback
+(``aiw -v ...`` shows it). Exit status: 0 done, 1 error, 2 usage error, 3 job
+accepted but the broker is unreachable (``submit --wait`` only), 130 interrupted.
+
+Commands that a script would read take ``--json``. The Celery processes
+(``worker``, ``beat``, ``flower``) are ``celery`` itself, exec'd: ``app`` never
+imports Celery.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -19,42 +28,166 @@ from app.config import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_PUBLISHED = 3
+EXIT_INTERRUPTED = 130
 
-def _fail(message: str) -> None:
+log = logging.getLogger("aiw")
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"aiw: {message}", err=True)
-    sys.exit(1)
+    sys.exit(code)
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _describe_error(exc: BaseException) -> str | None:
+    """One line for an error a user can cause, or None for a bug."""
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    from app.ai.errors import AIProviderError
+    from app.jobs.errors import JobError
+    from app.runtime import RuntimeStartError
+
+    if isinstance(exc, ConfigError | AIProviderError | JobError | RuntimeStartError):
+        return str(exc)
+    if isinstance(exc, DBAPIError):
+        from app.topology import safe_url
+
+        where = ""
+        try:
+            from app.db.session import database_url
+
+            where = f" at {safe_url(database_url())}"
+        except Exception:  # noqa: BLE001 - the message must not fail on a bad URL
+            pass
+        orig = exc.orig if exc.orig is not None else exc
+        text = _first_line(orig)
+        if "no such table" in text or type(orig).__name__ == "UndefinedTable":
+            return f"the database{where} has no schema yet: run `aiw migrate` ({text})"
+        return f"database unreachable{where}: {type(orig).__name__}: {text}"
+    if isinstance(exc, ArgumentError):
+        return f"bad database URL (DATABASE_URL): {_first_line(exc)}"
+    try:
+        import redis
+
+        if isinstance(exc, redis.RedisError):
+            return f"Redis unreachable: {type(exc).__name__}: {_first_line(exc)}"
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    if isinstance(exc, PermissionError | FileNotFoundError | IsADirectoryError):
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def friendly(fn: F) -> F:
-    """Turn the errors a user can cause into one line and exit status 1."""
+    """Turn any error into one line and a non-zero exit status (``-v``: the traceback too)."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlalchemy.exc import OperationalError
-
-        from app.ai.errors import AIProviderError
-        from app.jobs.errors import JobError
-
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, AIProviderError, JobError) as exc:
-            _fail(str(exc))
-        except OperationalError as exc:
-            _fail(
-                f"database unreachable: {exc.orig.__class__.__name__}: "
-                f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}"
-            )
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            _fail("interrupted", EXIT_INTERRUPTED)
+        except Exception as exc:  # the command line is the outermost boundary
+            if _verbose():
+                log.exception("failed")
+            message = _describe_error(exc)
+            if message is None:
+                message = (
+                    f"unexpected error: {type(exc).__name__}: {_first_line(exc)} "
+                    "(run `aiw -v ...` for the traceback)"
+                )
+            _fail(message)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _verbose() -> bool:
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx else None
+    return bool(root and root.obj and root.obj.get("verbose"))
 
 
 def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """ai-worker: AI requests (OpenAI, Codegen agents) as background jobs."""
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+class AiwGroup(click.Group):
+    """A click group whose usage errors are one line: ``aiw show: missing argument ...``."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()  # `aiw` alone: the help text
+            sys.exit(0)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "aiw"
+            message = exc.format_message().rstrip(".")
+            click.echo(f"{where}: {message} (see '{where} --help')", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            click.echo(f"aiw: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("aiw: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=AiwGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log more, and show tracebacks of errors.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """ai-worker: AI requests (OpenAI, Codegen agents) as background jobs.
+
+    Start everything on this machine with `aiw up` (or `aiw up --sandbox` for fake
+    providers and no keys), then `aiw submit "..." --wait 60`.
+    """
+    ctx.obj = {"verbose": verbose}
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.ERROR,
+        format="aiw: %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+
+class _PublishProbe:
+    """Wraps the publisher to learn whether ``submit`` reached the broker."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.error: BaseException | None = None
+
+    def ensure_routes(self) -> None:
+        self.inner.ensure_routes()
+
+    def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
+        try:
+            self.inner.publish_job(job_id, countdown=countdown)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def send_callback(self, task_name: str, args: list[object]) -> None:
+        self.inner.send_callback(task_name, args)
 
 
 @main.command()
@@ -65,9 +198,16 @@ def main() -> None:
 @click.option("--temperature", type=float, default=0.0, show_default=True)
 @click.option("--max-tokens", type=int)
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
-@click.option("--idempotency-key")
-@click.option("--wait", "wait_s", type=float, default=None, help="Wait up to N seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--idempotency-key", help="The same key twice gives the first job back.")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Wait up to SECONDS for the job to end; exit 1 unless it succeeded.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @friendly
 def submit(
     prompt: str | None,
@@ -81,13 +221,27 @@ def submit(
     wait_s: float | None,
     as_json: bool,
 ) -> None:
-    """Queue an AI request (PROMPT, or standard input when omitted or '-')."""
+    """Queue an AI request: PROMPT, or standard input when omitted or '-'.
+
+    Prints the job id and status (and the answer with --wait). If the broker is
+    down the job is still accepted (it is in the database) and a warning says
+    so: the sweep publishes it once the broker and beat are back; with --wait,
+    aiw exits 3 at once instead of waiting for nothing.
+    """
     from app.jobs import submit as submit_job
+    from app.jobs.publisher import PublishError, get_publisher, set_publisher
+    from app.topology import broker_url, safe_url
 
     if prompt in (None, "-"):
         if sys.stdin.isatty():
-            _fail("give a PROMPT argument or pipe one on standard input")
+            _fail("give a PROMPT argument or pipe one on standard input", EXIT_USAGE)
         prompt = sys.stdin.read()
+    probe: _PublishProbe | None = None
+    try:
+        probe = _PublishProbe(get_publisher())
+        set_publisher(probe)
+    except PublishError:
+        probe = None  # submit() reports it like any broker failure
     handle = submit_job(
         prompt,
         system_prompt=system_prompt,
@@ -98,13 +252,52 @@ def submit(
         tags=list(tags) or None,
         idempotency_key=idempotency_key,
     )
+    published = probe is not None and probe.error is None
+    if not published:
+        from app.config import get_settings
+
+        reason = f" ({type(probe.error).__name__})" if probe and probe.error else ""
+        click.echo(
+            f"aiw: warning: broker unreachable at {safe_url(broker_url(get_settings()))}{reason}; "
+            f"job {handle.id} is accepted and will be published by the sweep (beat) once the "
+            "broker is back",
+            err=True,
+        )
+        if wait_s:
+            click.echo(str(handle.id))
+            sys.exit(EXIT_NOT_PUBLISHED)
     job = handle.wait(wait_s) if wait_s else handle.get()
     if as_json:
         _print_json(job.model_dump(mode="json"))
     else:
         click.echo(f"{job.id} {job.status}")
         if job.result:
-            click.echo(job.result.get("content", ""))
+            click.echo(job.result.get("content") or "")
+        elif job.error_type:
+            click.echo(f"error: {job.error_type}: {job.error_message}")
+    if wait_s and job.status != "succeeded":
+        sys.exit(EXIT_ERROR)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True)
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON line per change; the last is final."
+)
+@friendly
+def watch(job_id: str, timeout: float | None, interval: float, as_json: bool) -> None:
+    """Follow a job live until it ends: status, attempts, then the answer.
+
+    Exit status 0 when it succeeded, 1 when it failed, was cancelled, or the
+    timeout ran out.
+    """
+    from app.display import watch_job
+
+    ok = watch_job(job_id, timeout=timeout, interval=interval, as_json=as_json)
+    if not ok:
+        sys.exit(EXIT_ERROR)
 
 
 @main.command()
@@ -112,7 +305,8 @@ def submit(
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def show(job_id: str, as_json: bool) -> None:
-    """Show one job and its attempts."""
+    """Show one job, its attempts and its answer."""
+    from app.display import job_view
     from app.jobs import get_attempts, get_job
 
     job = get_job(job_id)
@@ -125,151 +319,394 @@ def show(job_id: str, as_json: bool) -> None:
             }
         )
         return
-    click.echo(
-        f"job {job.id}: {job.status} (provider {job.provider_used or '-'}, "
-        f"model {job.model or '-'}, {job.attempt_count} attempt(s))"
-    )
-    for a in attempts:
-        click.echo(
-            f"  #{a.number} {a.provider} {a.outcome} "
-            f"{'' if a.http_status is None else a.http_status} {a.error_type or ''}"
-        )
-    if job.result:
-        click.echo(job.result.get("content", ""))
-    elif job.error_type:
-        click.echo(f"error: {job.error_type}: {job.error_message}")
+    _console().print(job_view(job, attempts, final=True))
 
 
 @main.command()
 @click.option("--status", multiple=True, help="Filter by status (repeatable).")
-@click.option("--provider")
+@click.option("--provider", help="The provider that answered.")
 @click.option("--tag")
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def jobs(
     status: tuple[str, ...], provider: str | None, tag: str | None, limit: int, as_json: bool
 ) -> None:
     """List jobs, newest first."""
+    from app.display import jobs_table
     from app.jobs import list_jobs
 
     found = list_jobs(status=list(status) or None, provider=provider, tag=tag, limit=limit)
     if as_json:
         _print_json([j.model_dump(mode="json") for j in found])
         return
-    for j in found:
-        click.echo(
-            f"{j.id} {j.status:<9} {j.provider_used or '-':<8} "
-            f"{j.created_at:%Y-%m-%d %H:%M:%S} {j.prompt[:50]!r}"
-        )
+    _console().print(jobs_table(found))
 
 
 @main.command()
 @click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
 @friendly
-def cancel(job_id: str) -> None:
-    """Cancel a job that has not finished."""
+def cancel(job_id: str, as_json: bool) -> None:
+    """Cancel a job that has not finished (a call in flight is not interrupted, its answer
+    is discarded)."""
     from app.jobs import cancel as cancel_job
+    from app.jobs import get_job
 
-    click.echo("cancelled" if cancel_job(job_id) else "already finished")
+    cancelled = cancel_job(job_id)
+    job = get_job(job_id)
+    if as_json:
+        _print_json({"id": str(job.id), "cancelled": cancelled, "status": job.status})
+    elif cancelled:
+        click.echo(f"{job.id} cancelled")
+    else:
+        click.echo(f"{job.id} already {job.status}: nothing to cancel")
 
 
 @main.command()
 @click.option("--group-by", default="provider,model,day", show_default=True)
+@click.option("--days", type=click.IntRange(min=1), help="Only the last N days.")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def stats(group_by: str, as_json: bool) -> None:
-    """Usage and cost from the database."""
+def stats(group_by: str, days: int | None, as_json: bool) -> None:
+    """Usage, cost, success rate and latency by provider, model and day (from the database)."""
+    from datetime import timedelta
+
+    from app.db.base import utcnow
+    from app.display import stats_table
     from app.jobs import usage_stats
 
-    rows = usage_stats(group_by=[g.strip() for g in group_by.split(",") if g.strip()])
+    keys = [g.strip() for g in group_by.split(",") if g.strip()]
+    since = utcnow() - timedelta(days=days) if days else None
+    rows = usage_stats(since=since, group_by=keys)
     if as_json:
         _print_json(rows)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="usage")
-    keys = [g.strip() for g in group_by.split(",") if g.strip()]
-    for k in [*keys, "requests", "ok %", "tokens", "cost $", "p50 s", "p95 s"]:
-        table.add_column(k)
-    for r in rows:
-        rate = "-" if r["success_rate"] is None else f"{100 * r['success_rate']:.1f}"
-        table.add_row(
-            *[str(r[k]) for k in keys],
-            str(r["requests"]),
-            rate,
-            str(r["total_tokens"]),
-            f"{r['cost_usd']:.6f}",
-            "-" if r["p50_latency_s"] is None else f"{r['p50_latency_s']:.3f}",
-            "-" if r["p95_latency_s"] is None else f"{r['p95_latency_s']:.3f}",
-        )
-    Console().print(table)
+    _console().print(stats_table(rows, keys))
 
 
 @main.command()
 @click.option("--validate", is_flag=True, help="Also ask each provider if its credentials work.")
+@click.option("--json", "as_json", is_flag=True)
 @friendly
-def providers(validate: bool) -> None:
+def providers(validate: bool, as_json: bool) -> None:
     """Provider status and comparison (never any secret)."""
     from app.ai.providers import get_provider_comparison
+    from app.display import providers_table
 
-    _print_json(get_provider_comparison(validate=validate))
+    data = get_provider_comparison(validate=validate)
+    if as_json:
+        _print_json(data)
+        return
+    _console().print(providers_table(data))
+
+
+# --- running it --------------------------------------------------------------------------
 
 
 @main.command()
 @click.option("--revision", default="head", show_default=True)
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 unless at the newest revision.")
 @friendly
-def migrate(revision: str) -> None:
-    """Upgrade the database schema."""
-    from app.db.migrate import upgrade
+def migrate(revision: str, check: bool) -> None:
+    """Upgrade the database schema (Alembic)."""
+    from app.db.migrate import current, head, upgrade
     from app.db.session import database_url
+    from app.topology import safe_url
 
+    url = safe_url(database_url())
+    if check:
+        now, newest = current(), head()
+        if now != newest:
+            _fail(f"database {url} is at {now}, the newest revision is {newest}: run aiw migrate")
+        click.echo(f"database at {now} (newest): {url}")
+        return
     upgrade(revision=revision)
-    click.echo(f"database at {revision}: {_safe_url(database_url())}")
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def _exec_celery(args: list[str]) -> None:
-    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args])
-
-
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker on every queue (extra arguments go to celery)."""
-    _exec_celery(
-        [
-            "worker",
-            "-Q",
-            "ai_requests,agent_runs,webhooks,maintenance",
-            "--loglevel",
-            "INFO",
-            *celery_args,
-        ]
-    )
-
-
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def beat(celery_args: tuple[str, ...]) -> None:
-    """Run Celery beat (the sweep). Run exactly one."""
-    _exec_celery(["beat", "--loglevel", "INFO", *celery_args])
+    click.echo(f"database at {current()}: {url}")
 
 
 @main.command()
-@click.option("--jobs", "count", type=int, default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def check(as_json: bool) -> None:
+    """Check that the database answers and is migrated, and that the broker answers."""
+    from app.config import get_settings
+    from app.db.migrate import current, head
+    from app.runtime import RuntimeStartError, check_broker
+    from app.topology import safe_url, topology
+
+    topo = topology(get_settings())
+    result: dict[str, Any] = {"shape": topo.shape}
+    problems: list[str] = []
+    try:
+        now, newest = current(), head()
+        result["database"] = {"url": safe_url(topo.database_url), "revision": now, "ok": True}
+        if now != newest:
+            result["database"]["ok"] = False
+            problems.append(f"database at {now}, newest is {newest}: run aiw migrate")
+    except Exception as exc:  # noqa: BLE001 - reported, one line
+        result["database"] = {"url": safe_url(topo.database_url), "ok": False}
+        problems.append(_describe_error(exc) or f"database: {type(exc).__name__}: {exc}")
+    try:
+        check_broker(topo.broker_url)
+        result["broker"] = {"url": safe_url(topo.broker_url), "ok": True}
+    except RuntimeStartError as exc:
+        result["broker"] = {"url": safe_url(topo.broker_url), "ok": False}
+        problems.append(str(exc))
+    result["ok"] = not problems
+    if as_json:
+        _print_json(result)
+    else:
+        click.echo(f"mode: {topo.shape}")
+        for part in ("database", "broker"):
+            state = "ok" if result[part]["ok"] else "FAILED"
+            click.echo(f"{part}: {result[part]['url']}: {state}")
+    if problems:
+        _fail("; ".join(problems))
+
+
+@main.command()
+@click.option("--sandbox", is_flag=True, help="Also run the fake OpenAI and Codegen servers and "
+              "point the worker at them (no keys needed).")
+@click.option("--flower/--no-flower", "with_flower", default=True, show_default=True)
+@click.option("--beat/--no-beat", "with_beat", default=True, show_default=True)
+@click.option("--metrics/--no-metrics", "with_metrics", default=True, show_default=True)
+@click.option("--flower-address", help="Default AIW_FLOWER_ADDRESS (127.0.0.1).")
+@click.option("--flower-port", type=click.IntRange(1, 65535), help="Default AIW_FLOWER_PORT.")
+@click.option("--unauthenticated", is_flag=True,
+              help="Serve Flower without a login (refused on a non-loopback address).")
+@click.option("--metrics-address", help="Default AIW_METRICS_ADDRESS (127.0.0.1).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Default AIW_METRICS_PORT.")
+@click.option("--concurrency", type=click.IntRange(1, 2000),
+              help="Worker threads (default AIW_WORKER_CONCURRENCY).")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds the worker may finish running tasks on Ctrl-C.")
+@friendly
+def up(
+    sandbox: bool,
+    with_flower: bool,
+    with_beat: bool,
+    with_metrics: bool,
+    flower_address: str | None,
+    flower_port: int | None,
+    unauthenticated: bool,
+    metrics_address: str | None,
+    metrics_port: int | None,
+    concurrency: int | None,
+    grace: float,
+) -> None:
+    """Run everything on this machine: migrate, then a worker, beat, Flower and the
+    metrics exporter, with their logs; Ctrl-C stops all of them cleanly.
+
+    With no configuration: SQLite database and SQLite broker under AIW_DATA_DIR.
+    With DATABASE_URL and CELERY_BROKER_URL: PostgreSQL and Redis.
+    """
+    from app.config import get_settings
+    from app.runtime import UpOptions
+    from app.runtime import up as run_up
+
+    extra_env: dict[str, str] = {}
+    servers: list[Any] = []
+    if sandbox:
+        servers, extra_env = _start_sandbox(0, 0)
+        for key, value in extra_env.items():
+            os.environ[key] = value
+        get_settings.cache_clear()
+    settings = get_settings()
+    options = UpOptions(
+        flower=with_flower,
+        flower_address=flower_address or settings.aiw_flower_address,
+        flower_port=flower_port or settings.aiw_flower_port,
+        unauthenticated=unauthenticated,
+        metrics=with_metrics,
+        metrics_address=metrics_address or settings.aiw_metrics_address,
+        metrics_port=metrics_port or settings.aiw_metrics_port,
+        beat=with_beat,
+        grace=grace,
+        concurrency=concurrency,
+        extra_env=extra_env,
+        notes=[f"sandbox   fake OpenAI and Codegen at {', '.join(s.url for s in servers)}"]
+        if servers
+        else [],
+    )
+    try:
+        code = run_up(settings, options)
+    finally:
+        for server in servers:
+            server.stop()
+    sys.exit(code)
+
+
+def _exec(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(argv[0], argv, env if env is not None else dict(os.environ))
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--concurrency", type=click.IntRange(1, 2000), help="Threads (AIW_WORKER_CONCURRENCY)."
+)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@friendly
+def worker(concurrency: int | None, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker on every queue (extra arguments go to `celery worker`)."""
+    from app.config import get_settings
+    from app.runtime import worker_argv
+
+    settings = get_settings()
+    extra = [*(["--concurrency", str(concurrency)] if concurrency else []), *celery_args]
+    _exec(worker_argv(settings, embedded_broker=not settings.celery_broker_url, extra=extra))
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@friendly
+def beat(celery_args: tuple[str, ...]) -> None:
+    """Run Celery beat (the sweep). Run exactly one per deployment."""
+    from app.config import get_settings
+    from app.runtime import beat_argv
+    from app.topology import data_dir
+
+    settings = get_settings()
+    _exec(beat_argv(settings, data_dir(settings), celery_args))
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--address", help="Listen address (default AIW_FLOWER_ADDRESS, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Default AIW_FLOWER_PORT (5555).")
+@click.option("--unauthenticated", is_flag=True,
+              help="No login, on purpose (refused on a non-loopback address).")
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+@friendly
+def flower(
+    address: str | None, port: int | None, unauthenticated: bool, flower_args: tuple[str, ...]
+) -> None:
+    """Run Flower, the dashboard, with the login from FLOWER_BASIC_AUTH.
+
+    Refuses to start without a login unless --unauthenticated is given, and
+    never serves a non-loopback address without one.
+    """
+    from app.config import get_settings
+    from app.runtime import flower_argv, flower_auth
+    from app.topology import topology
+
+    settings = get_settings()
+    address = address or settings.aiw_flower_address
+    auth = flower_auth(settings, address, unauthenticated=unauthenticated)
+    if topology(settings).embedded_broker:
+        click.echo(
+            "aiw: note: on the embedded SQL broker Flower sees no workers and no task events; "
+            "its REST API can still enqueue tasks",
+            err=True,
+        )
+    env = {k: v for k, v in os.environ.items() if k not in ("FLOWER_BASIC_AUTH",)}
+    env.update(auth.env())
+    _exec(flower_argv(address, port or settings.aiw_flower_port, flower_args), env)
+
+
+@main.command()
+@click.option("--address", help="Listen address (default AIW_METRICS_ADDRESS, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Default AIW_METRICS_PORT (9808).")
+@click.option("--once", is_flag=True, help="Print the metrics once and exit.")
+@friendly
+def metrics(address: str | None, port: int | None, once: bool) -> None:
+    """Serve Prometheus metrics read from the database and the broker (run one)."""
+    from app.config import get_settings
+    from app.metrics import registry, serve
+    from app.runtime import check_port
+
+    settings = get_settings()
+    if once:
+        from prometheus_client import generate_latest
+
+        click.echo(generate_latest(registry(settings)).decode(), nl=False)
+        return
+    address = address or settings.aiw_metrics_address
+    port = port or settings.aiw_metrics_port
+    check_port(address, port, "metrics", "--port")
+    server, _ = serve(settings, address, port)
+    click.echo(f"serving metrics on http://{address}:{port}/metrics")
+    _block_until_signal()
+    server.shutdown()
+
+
+def _block_until_signal() -> None:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    while not stop.is_set():
+        stop.wait(0.5)
+
+
+def _start_sandbox(openai_port: int, codegen_port: int) -> tuple[list[Any], dict[str, str]]:
+    from app.sandbox.codegen_server import FakeCodegenServer
+    from app.sandbox.openai_server import FakeOpenAIServer
+
+    try:
+        openai = FakeOpenAIServer(port=openai_port).start()
+    except OSError as exc:
+        _fail(f"cannot start the fake OpenAI server on port {openai_port}: {exc.strerror}")
+    try:
+        codegen = FakeCodegenServer(port=codegen_port).start()
+    except OSError as exc:
+        openai.stop()
+        _fail(f"cannot start the fake Codegen server on port {codegen_port}: {exc.strerror}")
+    env = {
+        "OPENAI_API_KEY": openai.api_key,
+        "OPENAI_BASE_URL": openai.url,
+        "CODEGEN_TOKEN": codegen.token,
+        "CODEGEN_ORG_ID": str(codegen.org_id),
+        "CODEGEN_BASE_URL": codegen.url,
+        "CODEGEN_POLL_INTERVAL": "1",
+        "PREFER_CODEGEN": "false",
+    }
+    return [openai, codegen], env
+
+
+@main.command()
+@click.option("--openai-port", type=click.IntRange(0, 65535), default=8901, show_default=True)
+@click.option("--codegen-port", type=click.IntRange(0, 65535), default=8902, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the environment as one JSON line.")
+def sandbox(openai_port: int, codegen_port: int, as_json: bool) -> None:
+    """Run the fake OpenAI and Codegen servers (the tests' fakes) on loopback until Ctrl-C,
+    and print the environment that points ai-worker at them. No keys, no network."""
+    servers, env = _start_sandbox(openai_port, codegen_port)
+    if as_json:
+        click.echo(json.dumps(env))
+    else:
+        click.echo("# fake OpenAI and Codegen servers are running; in another shell:")
+        for key, value in env.items():
+            click.echo(f"export {key}={value}")
+        click.echo("# then: aiw up   (or aiw worker), and aiw submit 'Hello' --wait 60")
+        click.echo("# Ctrl-C stops the fakes.")
+    sys.stdout.flush()
+    try:
+        _block_until_signal()
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@main.command()
+@click.option("--jobs", "count", type=click.IntRange(1, 100), default=5, show_default=True)
 @friendly
 def demo(count: int) -> None:
-    """Run the whole path against the built-in fake providers: no keys, no services."""
+    """A guided tour: fake providers, a worker, a few jobs (one meets a 429, one a 503),
+    the usage table, and a fallback from a failing Codegen to OpenAI."""
     from app.demo import run_demo
 
     run_demo(count)
+
+
+# `aiw analyze` (graph-sitter repository analysis): only click is imported here.
+from app.integrations.analyze_cli import analyze_command  # noqa: E402
+
+main.add_command(analyze_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

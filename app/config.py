@@ -112,6 +112,15 @@ class Settings(BaseSettings):
     flower_basic_auth: SecretStr | None = None
     aiw_data_dir: Path = DEFAULT_DATA_DIR
 
+    # --- Dashboards and metrics (aiw up / aiw flower / aiw metrics) -------------------
+    aiw_flower_address: str = Field("127.0.0.1", min_length=1)
+    aiw_flower_port: int = Field(5555, ge=1, le=65535)
+    aiw_metrics_address: str = Field("127.0.0.1", min_length=1)
+    aiw_metrics_port: int = Field(9808, ge=1, le=65535)
+    aiw_metrics_cache: float = Field(
+        5.0, ge=0, description="seconds a database snapshot serves scrapes before it is read again"
+    )
+
     # --- Logging -------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     enable_ai_logging: bool = False
@@ -136,6 +145,16 @@ class Settings(BaseSettings):
             raise ValueError("must not contain credentials (user:password@); use the token setting")
         if value and urlsplit(value).scheme not in ("http", "https"):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_colon_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            for pair in value.get_secret_value().split(","):
+                user, sep, password = pair.strip().partition(":")
+                if not (sep and user and password):
+                    raise ValueError("must be user:password (several separated by commas)")
         return value
 
     @field_validator("codegen_org_id", "openai_base_url", "aiw_pricing_file", mode="before")

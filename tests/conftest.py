@@ -19,7 +19,9 @@ pytest_plugins = [
     "tests.plugins.codegen_fake",
     "tests.plugins.database",
     "tests.plugins.services",
+    "tests.plugins.webhooks",
     "tests.plugins.queue",
+    "tests.plugins.cli",
 ]
 
 _OUR_VARS = {name.upper() for name in Settings.model_fields}

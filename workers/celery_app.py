@@ -11,12 +11,12 @@ ai_requests,agent_runs,webhooks,maintenance``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
+from app import topology
 from app.config import Settings, get_settings
 
 QUEUE_AI = "ai_requests"
@@ -26,6 +26,7 @@ QUEUE_MAINTENANCE = "maintenance"
 ALL_QUEUES = (QUEUE_AI, QUEUE_AGENT_RUNS, QUEUE_WEBHOOKS, QUEUE_MAINTENANCE)
 
 TASK_RUN_AI_REQUEST = "aiw.ai_request.run"
+TASK_SUBMIT_AI_REQUEST = "aiw.ai_request.submit"  # for Flower's REST API and other senders
 TASK_SWEEP = "aiw.maintenance.sweep"
 TASK_DELIVER_WEBHOOK = "aiw.webhook.deliver"
 
@@ -36,12 +37,10 @@ def queues() -> list[Queue]:
 
 
 def broker_url(settings: Settings) -> str:
-    """``CELERY_BROKER_URL``, else an embedded broker that needs no server (SQLite)."""
-    if settings.celery_broker_url:
-        return settings.celery_broker_url
-    data = Path(settings.aiw_data_dir).resolve()
-    data.mkdir(parents=True, exist_ok=True)  # first use only: the configuration is lazy
-    return f"sqla+sqlite:///{data / 'broker.sqlite3'}"
+    """``CELERY_BROKER_URL``, else an embedded broker that needs no server (SQLite).
+
+    The rule lives in ``app.topology`` so ``aiw up`` and the metrics exporter agree."""
+    return topology.broker_url(settings)
 
 
 def transport_options(url: str, settings: Settings) -> dict[str, Any]:

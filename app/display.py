@@ -1,0 +1,231 @@
+"""What ``aiw`` shows: rich tables and the live view of ``aiw watch``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from app.jobs import Attempt, Job
+
+STATUS_STYLE = {
+    "queued": "yellow",
+    "waiting": "yellow",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=f"bold {STATUS_STYLE.get(status, 'white')}")
+
+
+def _ago(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    seconds = (datetime.now(UTC) - moment).total_seconds()
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{moment:%Y-%m-%d %H:%M}"
+
+
+def attempts_table(attempts: Sequence[Attempt]) -> Table:
+    table = Table(title="attempts", title_justify="left", expand=False)
+    for column in ("#", "provider", "model", "outcome", "http", "latency s", "error"):
+        table.add_column(column)
+    for a in attempts:
+        table.add_row(
+            str(a.number),
+            a.provider,
+            a.model or "-",
+            _status(a.outcome),
+            "" if a.http_status is None else str(a.http_status),
+            "" if a.latency_s is None else f"{a.latency_s:.3f}",
+            " ".join(
+                part
+                for part in (
+                    a.error_type or "",
+                    f"retry after {a.retry_after_s:g}s" if a.retry_after_s else "",
+                )
+                if part
+            ),
+        )
+    return table
+
+
+def job_view(job: Job, attempts: Sequence[Attempt], *, final: bool = False) -> RenderableType:
+    """The job: a header line, its attempts, and at the end its answer or error."""
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="dim")
+    head.add_column()
+    status_cell: RenderableType = _status(job.status)
+    if not final and not job.is_finished:
+        status_cell = Spinner("dots", text=_status(job.status))
+    head.add_row("job", str(job.id))
+    head.add_row("status", status_cell)
+    head.add_row("provider", f"{job.provider_used or job.provider_requested or 'automatic'}")
+    head.add_row("model", job.model or "-")
+    head.add_row("attempts", str(job.attempt_count))
+    if job.next_attempt_at and not job.is_finished:
+        head.add_row("next try", f"{job.next_attempt_at:%H:%M:%S} UTC")
+    head.add_row("created", _ago(job.created_at))
+    if job.finished_at and job.started_at:
+        head.add_row("took", f"{(job.finished_at - job.created_at).total_seconds():.2f}s")
+    parts: list[RenderableType] = [head]
+    if attempts:
+        parts.append(attempts_table(attempts))
+    if job.is_finished:
+        if job.result:
+            usage = job.result.get("usage") or {}
+            cost = job.result.get("cost_usd")
+            parts.append(
+                Panel(
+                    Text(str(job.result.get("content") or "")),
+                    title="answer",
+                    subtitle=(
+                        f"{usage.get('total_tokens', '?')} tokens"
+                        + ("" if cost is None else f", ${cost:.6f}")
+                    ),
+                    title_align="left",
+                )
+            )
+        elif job.error_type:
+            parts.append(Text(f"error: {job.error_type}: {job.error_message}", style="red"))
+    return Group(*parts)
+
+
+def watch_job(
+    job_id: str, *, timeout: float | None, interval: float, as_json: bool
+) -> bool:
+    """Follow a job until it ends (True if it succeeded). Raises JobNotFoundError."""
+    from app.jobs import JobTimeoutError, get_attempts, get_job
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    job = get_job(job_id)
+    if as_json:
+        last: tuple[Any, ...] | None = None
+        while True:
+            attempts = get_attempts(job_id)
+            key = (job.status, job.attempt_count, len(attempts), job.updated_at)
+            if key != last:
+                last = key
+                data = {
+                    **job.model_dump(mode="json"),
+                    "attempts": [a.model_dump(mode="json") for a in attempts],
+                }
+                print(json.dumps(data, default=str), flush=True)
+            if job.is_finished:
+                return job.status == "succeeded"
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobTimeoutError(f"job {job.id} still {job.status} after {timeout}s")
+            time.sleep(interval)
+            job = get_job(job_id)
+
+    console = Console()
+    attempts = get_attempts(job_id)
+    with Live(
+        job_view(job, attempts), console=console, refresh_per_second=8, transient=True
+    ) as live:
+        while not job.is_finished:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(interval)
+            job = get_job(job_id)
+            attempts = get_attempts(job_id)
+            live.update(job_view(job, attempts))
+    console.print(job_view(job, attempts, final=True))
+    if not job.is_finished:
+        raise JobTimeoutError(f"job {job.id} still {job.status} after {timeout}s")
+    return job.status == "succeeded"
+
+
+def jobs_table(jobs: Sequence[Job]) -> Table:
+    table = Table(title=f"{len(jobs)} job(s), newest first", title_justify="left")
+    for column in ("id", "status", "provider", "model", "tries", "created", "prompt"):
+        table.add_column(column, overflow="fold" if column == "id" else "ellipsis")
+    for j in jobs:
+        table.add_row(
+            str(j.id),
+            _status(j.status),
+            j.provider_used or "-",
+            j.model or "-",
+            str(j.attempt_count),
+            f"{j.created_at:%Y-%m-%d %H:%M:%S}",
+            j.prompt[:40].replace("\n", " "),
+        )
+    return table
+
+
+def stats_table(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Table:
+    table = Table(title="usage (provider calls)", title_justify="left", show_footer=len(rows) > 1)
+    totals = {
+        "requests": sum(r["requests"] for r in rows),
+        "successes": sum(r["successes"] for r in rows),
+        "tokens": sum(r["total_tokens"] for r in rows),
+        "cost": sum(r["cost_usd"] for r in rows),
+    }
+    for i, k in enumerate(keys):
+        table.add_column(k, footer="total" if i == 0 else "")
+    rate = f"{100 * totals['successes'] / totals['requests']:.1f}" if totals["requests"] else "-"
+    table.add_column("calls", justify="right", footer=str(totals["requests"]))
+    table.add_column("ok %", justify="right", footer=rate)
+    table.add_column("tokens", justify="right", footer=str(totals["tokens"]))
+    table.add_column("cost $", justify="right", footer=f"{totals['cost']:.6f}")
+    table.add_column("p50 s", justify="right")
+    table.add_column("p95 s", justify="right")
+    for r in rows:
+        ok = "-" if r["success_rate"] is None else f"{100 * r['success_rate']:.1f}"
+        cost = f"{r['cost_usd']:.6f}" + (f" (+{r['cost_unknown']} unpriced)" if r.get(
+            "cost_unknown") else "")
+        table.add_row(
+            *[str(r[k]) for k in keys],
+            str(r["requests"]),
+            ok,
+            str(r["total_tokens"]),
+            cost,
+            "-" if r["p50_latency_s"] is None else f"{r['p50_latency_s']:.3f}",
+            "-" if r["p95_latency_s"] is None else f"{r['p95_latency_s']:.3f}",
+        )
+    if not rows:
+        table.caption = "no provider calls recorded yet"
+    return table
+
+
+def providers_table(data: dict[str, Any]) -> Table:
+    table = Table(title="providers", title_justify="left")
+    for column in ("provider", "usable", "configured", "valid", "kind", "base URL"):
+        table.add_column(column, overflow="fold")
+    for name, p in data["providers"].items():
+        table.add_row(
+            name,
+            Text("yes", style="green") if p["available"] else Text("no", style="red"),
+            "yes" if p["configured"] else "no",
+            {None: "not checked", True: "yes", False: "NO"}[p.get("valid")],
+            str(p.get("kind", "")),
+            str(p.get("base_url") or "-"),
+        )
+    summary = data["summary"]
+    table.caption = (
+        f"automatic choice: {', '.join(summary['available_providers']) or 'none'}"
+        f"; recommended: {summary['recommended_provider'] or '-'}"
+        f"; fallback {'possible' if summary['fallback_possible'] else 'not possible'}"
+    )
+    if not summary["available_providers"]:
+        table.caption += (
+            " -- set OPENAI_API_KEY, or CODEGEN_TOKEN and CODEGEN_ORG_ID (or try aiw sandbox)"
+        )
+    return table
