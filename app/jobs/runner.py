@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import and_, func, insert, or_, update
+from sqlalchemy import and_, func, insert, or_, text, update
 from sqlalchemy.orm import Session
 
 from app.ai.base import AIProvider, AIRequest, AIResponse
@@ -178,6 +178,10 @@ def _claim(jid: uuid.UUID, token: str, settings: Settings) -> _Claim | Outcome:
     """One UPDATE ... RETURNING: the job is ours, or it is not claimable now."""
     now = utcnow()
     with session_scope() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            # A claim lost in a server crash costs nothing (the job is claimed again and
+            # the orphaned record is fenced off), so it need not wait for the WAL flush.
+            session.execute(text("SET LOCAL synchronous_commit TO OFF"))
         row = session.scalars(
             update(AIRequestRow)
             .where(AIRequestRow.id == jid, _claimable(now, token))
