@@ -56,6 +56,10 @@ def _describe_error(exc: BaseException) -> str | None:
 
     if isinstance(exc, ConfigError | AIProviderError | JobError | RuntimeStartError):
         return str(exc)
+    from app.webhooks.errors import WebhookError
+
+    if isinstance(exc, WebhookError):
+        return str(exc)
     if isinstance(exc, DBAPIError):
         from app.topology import safe_url
 
@@ -131,6 +135,7 @@ class AiwGroup(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
+        kwargs.setdefault("prog_name", "aiw")  # also under `python -m app.cli`
         try:
             result = super().main(*args, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:
@@ -188,6 +193,12 @@ class _PublishProbe:
 
     def send_callback(self, task_name: str, args: list[object]) -> None:
         self.inner.send_callback(task_name, args)
+
+    def publish_delivery(self, delivery_id: str, *, countdown: float | None = None) -> None:
+        self.inner.publish_delivery(delivery_id, countdown=countdown)
+
+    def __getattr__(self, name: str) -> Any:  # whatever the port grows later
+        return getattr(self.inner, name)
 
 
 @main.command()
@@ -401,6 +412,147 @@ def providers(validate: bool, as_json: bool) -> None:
     _console().print(providers_table(data))
 
 
+# --- webhooks ----------------------------------------------------------------------------
+
+
+@main.group()
+def webhooks() -> None:
+    """Signed webhooks (Standard Webhooks): endpoints and their deliveries."""
+
+
+def _endpoint_dict(endpoint: Any) -> dict[str, Any]:
+    return dict(endpoint.model_dump(mode="json"))
+
+
+def _attempt_line(attempt: Any) -> str:
+    if attempt.ok:
+        return f"delivered: HTTP {attempt.status_code} in {attempt.latency_s:.3f}s"
+    answer = f"HTTP {attempt.status_code}" if attempt.status_code is not None else "no answer"
+    return f"not delivered: {answer}" + (f" ({attempt.error})" if attempt.error else "")
+
+
+@webhooks.command("add")
+@click.argument("url")
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    help="An event type or group.* (repeatable); default: every event.",
+)
+@click.option("--secret", help="Signing secret (whsec_...); default: a new one.")
+@click.option("--description")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def webhooks_add(
+    url: str, events: tuple[str, ...], secret: str | None, description: str | None, as_json: bool
+) -> None:
+    """Register an endpoint; prints its signing secret this once (it is stored encrypted)."""
+    from app.webhooks import register_endpoint
+
+    endpoint, signing_secret = register_endpoint(
+        url, list(events) or None, secret=secret, description=description
+    )
+    if as_json:
+        _print_json({**_endpoint_dict(endpoint), "secret": signing_secret})
+        return
+    click.echo(f"endpoint {endpoint.id} -> {endpoint.url}")
+    click.echo(f"events: {', '.join(endpoint.event_types) or 'all'}")
+    click.echo(f"signing secret (shown once, give it to the receiver): {signing_secret}")
+
+
+@webhooks.command("list")
+@click.option("--enabled/--disabled", "enabled", default=None, help="Filter.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def webhooks_list(enabled: bool | None, as_json: bool) -> None:
+    """List endpoints (never their secrets)."""
+    from app.display import endpoints_table
+    from app.webhooks import list_endpoints
+
+    found = list_endpoints(enabled=enabled)
+    if as_json:
+        _print_json([_endpoint_dict(e) for e in found])
+        return
+    _console().print(endpoints_table(found))
+
+
+@webhooks.command("test")
+@click.argument("endpoint_id")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def webhooks_test(endpoint_id: str, as_json: bool) -> None:
+    """Send a signed webhook.test event now and show the answer (exit 1 if not 2xx)."""
+    from app.webhooks import send_test_event
+
+    attempt = send_test_event(endpoint_id)
+    if as_json:
+        _print_json(attempt.model_dump(mode="json"))
+    else:
+        click.echo(_attempt_line(attempt))
+    if not attempt.ok:
+        sys.exit(EXIT_ERROR)
+
+
+@webhooks.command("deliveries")
+@click.option("--endpoint", "endpoint_id", help="Only this endpoint's.")
+@click.option("--status", type=click.Choice(["pending", "succeeded", "failed", "abandoned"]))
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def webhooks_deliveries(
+    endpoint_id: str | None, status: str | None, limit: int, as_json: bool
+) -> None:
+    """List deliveries (one event to one endpoint), newest first."""
+    from app.display import deliveries_table
+    from app.webhooks import list_deliveries
+
+    found = list_deliveries(endpoint_id, status, limit=limit)
+    if as_json:
+        _print_json([d.model_dump(mode="json") for d in found])
+        return
+    _console().print(deliveries_table(found))
+
+
+@webhooks.command("redeliver")
+@click.argument("delivery_id")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def webhooks_redeliver(delivery_id: str, as_json: bool) -> None:
+    """Send a delivery again now, same webhook-id (exit 1 if not 2xx)."""
+    from app.webhooks import redeliver
+
+    attempt = redeliver(delivery_id)
+    if as_json:
+        _print_json(attempt.model_dump(mode="json"))
+    else:
+        click.echo(_attempt_line(attempt))
+    if not attempt.ok:
+        sys.exit(EXIT_ERROR)
+
+
+@webhooks.command("disable")
+@click.argument("endpoint_id")
+@click.option("--reason", default="by the operator", show_default=True)
+@friendly
+def webhooks_disable(endpoint_id: str, reason: str) -> None:
+    """Stop sending to an endpoint (its pending deliveries are abandoned)."""
+    from app.webhooks import disable_endpoint
+
+    endpoint = disable_endpoint(endpoint_id, reason)
+    click.echo(f"endpoint {endpoint.id} disabled ({endpoint.disabled_reason})")
+
+
+@webhooks.command("enable")
+@click.argument("endpoint_id")
+@friendly
+def webhooks_enable(endpoint_id: str) -> None:
+    """Send to a disabled endpoint again (new events only)."""
+    from app.webhooks import enable_endpoint
+
+    endpoint = enable_endpoint(endpoint_id)
+    click.echo(f"endpoint {endpoint.id} enabled")
+
+
 # --- running it --------------------------------------------------------------------------
 
 
@@ -466,21 +618,36 @@ def check(as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--sandbox", is_flag=True, help="Also run the fake OpenAI and Codegen servers and "
-              "point the worker at them (no keys needed).")
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    help="Also run the fake OpenAI and Codegen servers and "
+    "point the worker at them (no keys needed).",
+)
 @click.option("--flower/--no-flower", "with_flower", default=True, show_default=True)
 @click.option("--beat/--no-beat", "with_beat", default=True, show_default=True)
 @click.option("--metrics/--no-metrics", "with_metrics", default=True, show_default=True)
 @click.option("--flower-address", help="Default AIW_FLOWER_ADDRESS (127.0.0.1).")
 @click.option("--flower-port", type=click.IntRange(1, 65535), help="Default AIW_FLOWER_PORT.")
-@click.option("--unauthenticated", is_flag=True,
-              help="Serve Flower without a login (refused on a non-loopback address).")
+@click.option(
+    "--unauthenticated",
+    is_flag=True,
+    help="Serve Flower without a login (refused on a non-loopback address).",
+)
 @click.option("--metrics-address", help="Default AIW_METRICS_ADDRESS (127.0.0.1).")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="Default AIW_METRICS_PORT.")
-@click.option("--concurrency", type=click.IntRange(1, 2000),
-              help="Worker threads (default AIW_WORKER_CONCURRENCY).")
-@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds the worker may finish running tasks on Ctrl-C.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 2000),
+    help="Worker threads (default AIW_WORKER_CONCURRENCY).",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds the worker may finish running tasks on Ctrl-C.",
+)
 @friendly
 def up(
     sandbox: bool,
@@ -575,8 +742,11 @@ def beat(celery_args: tuple[str, ...]) -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--address", help="Listen address (default AIW_FLOWER_ADDRESS, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Default AIW_FLOWER_PORT (5555).")
-@click.option("--unauthenticated", is_flag=True,
-              help="No login, on purpose (refused on a non-loopback address).")
+@click.option(
+    "--unauthenticated",
+    is_flag=True,
+    help="No login, on purpose (refused on a non-loopback address).",
+)
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 @friendly
 def flower(

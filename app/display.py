@@ -108,9 +108,7 @@ def job_view(job: Job, attempts: Sequence[Attempt], *, final: bool = False) -> R
     return Group(*parts)
 
 
-def watch_job(
-    job_id: str, *, timeout: float | None, interval: float, as_json: bool
-) -> bool:
+def watch_job(job_id: str, *, timeout: float | None, interval: float, as_json: bool) -> bool:
     """Follow a job until it ends (True if it succeeded). Raises JobNotFoundError."""
     from app.jobs import JobTimeoutError, get_attempts, get_job
 
@@ -189,8 +187,9 @@ def stats_table(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Table:
     table.add_column("p95 s", justify="right")
     for r in rows:
         ok = "-" if r["success_rate"] is None else f"{100 * r['success_rate']:.1f}"
-        cost = f"{r['cost_usd']:.6f}" + (f" (+{r['cost_unknown']} unpriced)" if r.get(
-            "cost_unknown") else "")
+        cost = f"{r['cost_usd']:.6f}" + (
+            f" (+{r['cost_unknown']} unpriced)" if r.get("cost_unknown") else ""
+        )
         table.add_row(
             *[str(r[k]) for k in keys],
             str(r["requests"]),
@@ -227,5 +226,41 @@ def providers_table(data: dict[str, Any]) -> Table:
     if not summary["available_providers"]:
         table.caption += (
             " -- set OPENAI_API_KEY, or CODEGEN_TOKEN and CODEGEN_ORG_ID (or try aiw sandbox)"
+        )
+    return table
+
+
+def endpoints_table(endpoints: Sequence[Any]) -> Table:
+    table = Table(title=f"{len(endpoints)} webhook endpoint(s)", title_justify="left")
+    for column in ("id", "url", "events", "enabled", "failing since"):
+        table.add_column(column, overflow="fold")
+    for e in endpoints:
+        table.add_row(
+            str(e.id),
+            e.url,
+            ", ".join(e.event_types) or "all",
+            Text("yes", style="green")
+            if e.enabled
+            else Text(f"no ({e.disabled_reason or '-'})", style="red"),
+            _ago(e.failing_since) if e.failing_since else "-",
+        )
+    return table
+
+
+def deliveries_table(deliveries: Sequence[Any]) -> Table:
+    table = Table(title=f"{len(deliveries)} deliveries, newest first", title_justify="left")
+    for column in ("id", "event", "endpoint", "status", "tries", "last answer", "next try"):
+        table.add_column(column, overflow="fold")
+    styles = {"succeeded": "green", "pending": "yellow", "failed": "red", "abandoned": "magenta"}
+    for d in deliveries:
+        last = str(d.last_status_code) if d.last_status_code is not None else (d.last_error or "-")
+        table.add_row(
+            str(d.id),
+            d.event_type,
+            str(d.endpoint_id)[:8],
+            Text(d.status, style=styles.get(d.status, "white")),
+            str(d.attempt_count),
+            last[:60],
+            f"{d.next_attempt_at:%H:%M:%S}" if d.next_attempt_at else "-",
         )
     return table

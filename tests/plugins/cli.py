@@ -29,7 +29,9 @@ import pytest
 from app.config import Settings
 from tests.plugins.services import REPO_ROOT
 
-AIW = [sys.executable, "-m", "app.cli"]
+# The installed console script, as a user runs it (``python -m app.cli`` if not installed).
+_SCRIPT = Path(sys.executable).with_name("aiw")
+AIW = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "app.cli"]
 _OUR_VARS = {name.upper() for name in Settings.model_fields}
 
 
