@@ -40,9 +40,7 @@ class Received:
 
 
 class WebhookReceiver(FakeServer):
-    def __init__(
-        self, secret: str | None = None, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
+    def __init__(self, secret: str | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__(host=host, port=port)
         self.secret = secret
         self.received: list[Received] = []

@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import event, insert, select
 from sqlalchemy.orm import Session
 
+from app.ai.base import Usage
 from app.db.base import utcnow
 from app.db.models import AIRequestRow
 from app.db.webhook_models import (
@@ -49,6 +50,7 @@ EVENT_TYPES: Mapping[str, str] = MappingProxyType(
         "agent_run.status_changed": "a Codegen agent run changed status",
         "agent_run.completed": "a Codegen agent run completed",
         "agent_run.failed": "a Codegen agent run failed, was cancelled or timed out",
+        "agent_run.stuck": "a Codegen agent run did not end by its deadline (no longer polled)",
         "webhook.test": "a test event sent by hand (send_test_event)",
     }
 )
@@ -244,6 +246,9 @@ def ai_request_payload(row: AIRequestRow) -> dict[str, Any]:
     provider metadata, never a secret: only what the job row says of its outcome)."""
     result = row.result or {}
     succeeded = row.status == "succeeded"
+    usage = result.get("usage")
+    if isinstance(usage, dict):
+        usage = {**usage, "total_tokens": Usage.model_validate(usage).total_tokens}
     return {
         "id": str(row.id),
         "kind": row.kind,
@@ -252,7 +257,7 @@ def ai_request_payload(row: AIRequestRow) -> dict[str, Any]:
         "model": row.model,
         "content": result.get("content") if succeeded else None,
         "error": None if succeeded else {"type": row.error_type, "message": row.error_message},
-        "usage": result.get("usage"),
+        "usage": usage,
         "cost_usd": result.get("cost_usd"),
         "tags": list(row.tags or []),
         "attempt_count": row.attempt_count,
@@ -262,9 +267,7 @@ def ai_request_payload(row: AIRequestRow) -> dict[str, Any]:
     }
 
 
-def emit_ai_request_finished(
-    session: Session, job_id: uuid.UUID, status: str
-) -> list[uuid.UUID]:
+def emit_ai_request_finished(session: Session, job_id: uuid.UUID, status: str) -> list[uuid.UUID]:
     """Emit ``ai_request.succeeded`` or ``ai_request.failed`` for a job that ends in
     ``session``'s transaction. The job row is read only when an endpoint wants it."""
     event_type = "ai_request.succeeded" if status == "succeeded" else "ai_request.failed"
