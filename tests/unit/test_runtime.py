@@ -1,0 +1,170 @@
+"""The pieces of ``aiw up`` that need no process: Flower's login rules, topology,
+command lines, URLs without passwords, the supervisor on plain processes."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.config import ConfigError, load_settings
+from app.runtime import (
+    RuntimeStartError,
+    Supervisor,
+    beat_argv,
+    flower_argv,
+    flower_auth,
+    worker_argv,
+)
+from app.topology import QUEUES, is_loopback, safe_url, topology
+from tests.plugins.cli import process_groups_alive
+
+
+def test_queues_are_the_workers_queues() -> None:
+    from workers.celery_app import ALL_QUEUES
+
+    assert QUEUES == ALL_QUEUES
+
+
+def test_flower_login_from_the_environment() -> None:
+    auth = flower_auth(load_settings(flower_basic_auth="ops:pw"), "0.0.0.0")
+    assert auth.user == "ops"
+    assert auth.env() == {"FLOWER_BASIC_AUTH": "ops:pw"}
+    assert "pw" not in auth.source
+
+
+def test_flower_refuses_without_a_login() -> None:
+    with pytest.raises(RuntimeStartError, match="Flower needs a login"):
+        flower_auth(load_settings(), "127.0.0.1")
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "192.168.1.10", "example.invalid"])
+def test_flower_never_unauthenticated_off_loopback(address: str) -> None:
+    with pytest.raises(RuntimeStartError, match="not a loopback address"):
+        flower_auth(load_settings(), address, unauthenticated=True)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "localhost", "127.0.0.5"])
+def test_flower_unauthenticated_on_loopback_on_purpose(address: str) -> None:
+    auth = flower_auth(load_settings(), address, unauthenticated=True)
+    assert auth.basic_auth is None
+    assert auth.env() == {"FLOWER_UNAUTHENTICATED_API": "true"}
+
+
+def test_aiw_up_makes_a_private_login_once(tmp_path: Path) -> None:
+    first = flower_auth(load_settings(), "127.0.0.1", generate_in=tmp_path)
+    again = flower_auth(load_settings(), "127.0.0.1", generate_in=tmp_path)
+    assert first == again and first.user == "aiw"
+    path = tmp_path / "flower-auth"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert str(path) in first.source
+    assert first.basic_auth is not None and first.basic_auth.split(":")[1] not in first.source
+
+
+@pytest.mark.parametrize("value", ["nocolon", ":pw9", "alice:", "a:b,broken9"])
+def test_flower_basic_auth_must_be_user_colon_password(value: str) -> None:
+    with pytest.raises(ConfigError, match="FLOWER_BASIC_AUTH") as info:
+        load_settings(flower_basic_auth=value)
+    assert value not in str(info.value)
+
+
+def test_safe_url_hides_passwords() -> None:
+    assert safe_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
+    assert safe_url("postgresql+psycopg://u:p@db/x") == "postgresql+psycopg://u:***@db/x"
+    assert safe_url("sqla+sqlite:////tmp/b.sqlite3") == "sqla+sqlite:////tmp/b.sqlite3"
+
+
+def test_is_loopback() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
+
+
+def test_topology_shapes(tmp_path: Path) -> None:
+    embedded = topology(load_settings(aiw_data_dir=tmp_path))
+    assert embedded.shape == "embedded"
+    assert embedded.broker_url == f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
+    assert any("Flower shows no workers" in limit for limit in embedded.limits())
+    production = topology(
+        load_settings(
+            aiw_data_dir=tmp_path,
+            database_url="postgresql+psycopg://u@db/x",
+            celery_broker_url="redis://r:6379/0",
+        )
+    )
+    assert production.shape == "production" and production.limits() == []
+    mixed = topology(load_settings(aiw_data_dir=tmp_path, celery_broker_url="redis://r/0"))
+    assert mixed.shape == "mixed"
+
+
+def test_command_lines(tmp_path: Path) -> None:
+    settings = load_settings(aiw_data_dir=tmp_path)
+    worker = worker_argv(settings, embedded_broker=True, name="n@%h")
+    assert worker[:5] == [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
+    assert "ai_requests,agent_runs,webhooks,maintenance" in worker
+    assert "--without-gossip" in worker
+    assert "--without-gossip" not in worker_argv(settings, embedded_broker=False)
+    assert str(tmp_path / "celerybeat-schedule") in beat_argv(settings, tmp_path)
+    flower = flower_argv("127.0.0.1", 5555)
+    assert "--address=127.0.0.1" in flower and not any("auth" in a for a in flower)
+
+
+def _sleeper(tag: str, *, trap_term: bool = False, child: bool = False) -> list[str]:
+    code = [
+        "import signal, subprocess, sys, time",
+        f"print('{tag} up', flush=True)",
+    ]
+    if child:  # a grandchild in the same process group, like a prefork pool process
+        code.append("subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])")
+    if trap_term:  # ignores SIGTERM: only SIGKILL ends it
+        code.append("signal.signal(signal.SIGTERM, signal.SIG_IGN)")
+    code.append("time.sleep(60)")
+    return [sys.executable, "-c", "; ".join(code)]
+
+
+def test_supervisor_streams_output_and_stops_every_group() -> None:
+    out = io.StringIO()
+    sup = Supervisor(out, grace=0.5, color=False)
+    sup.add("worker", _sleeper("w", trap_term=True), os.environ, ready_marker="w up")
+    sup.add("beat", _sleeper("b", child=True), os.environ)
+    sup.start()
+    deadline = time.monotonic() + 20
+    while "w up" not in out.getvalue() or "b up" not in out.getvalue():
+        assert time.monotonic() < deadline, out.getvalue()
+        time.sleep(0.05)
+    groups = {c.proc.pid for c in sup.children if c.proc}
+    threading.Timer(0.2, sup.request_stop).start()
+    assert sup.wait() == 0
+    text = out.getvalue()
+    assert "worker | w up" in text and "beat   | b up" in text
+    assert process_groups_alive(groups) == set()  # grandchildren too (zombies aside)
+
+
+def test_supervisor_stops_all_when_one_child_dies() -> None:
+    out = io.StringIO()
+    sup = Supervisor(out, grace=1, color=False)
+    sup.add("worker", _sleeper("w"), os.environ)
+    sup.add("flower", [sys.executable, "-c", "raise SystemExit(3)"], os.environ)
+    sup.start()
+    assert sup.wait() == 1
+    assert "flower exited on its own (status 3)" in out.getvalue()
+    assert not any(c.running for c in sup.children)
+
+
+def test_signal_handlers_only_set_a_flag() -> None:
+    sup = Supervisor(io.StringIO(), color=False)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        sup.install_signal_handlers()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert sup._stop.is_set()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
