@@ -52,6 +52,50 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="seconds a blocking CodegenProvider call waits for a run"
     )
 
+    # --- Codegen agent runs followed as jobs (app.jobs.agent_runs) --------------------
+    # Codegen's limits, shared by every worker through token buckets in Redis
+    # (app.jobs.budget): standard endpoints, then creations.
+    codegen_rate_limit: int = Field(
+        60, gt=1, description="requests allowed per CODEGEN_RATE_WINDOW (standard endpoints)"
+    )
+    codegen_rate_window: float = Field(30.0, gt=0, description="seconds")
+    codegen_rate_burst: int = Field(
+        10, gt=0, description="requests the budget lets through at once (below the limit)"
+    )
+    codegen_create_limit: int = Field(10, gt=1, description="run creations per window")
+    codegen_create_window: float = Field(60.0, gt=0, description="seconds")
+    codegen_create_burst: int = Field(5, gt=0, description="creations let through at once")
+    codegen_rate_margin: float = Field(
+        1.0, ge=0, description="seconds added to each window for request latency"
+    )
+    aiw_agent_poll_sweep_interval: float = Field(
+        2.0, gt=0, description="seconds between two poll sweeps (beat)"
+    )
+    aiw_agent_poll_interval: float = Field(
+        10.0, gt=0, description="seconds between two polls of one run, at first"
+    )
+    aiw_agent_poll_max_interval: float = Field(
+        300.0, gt=0, description="ceiling of a run's poll interval, seconds"
+    )
+    aiw_agent_poll_growth: float = Field(
+        1.5, ge=1.0, description="the interval is multiplied by this every"
+        " AIW_AGENT_POLL_GROWTH_EVERY polls without a status change"
+    )
+    aiw_agent_poll_growth_every: int = Field(10, gt=0)
+    aiw_agent_poll_batch: int = Field(
+        2000, gt=0, le=100_000, description="due runs one poll round takes at most"
+    )
+    aiw_agent_poll_get_max: int = Field(
+        3, ge=0, le=100, description="up to this many due runs are read one GET each; more"
+        " are read from the list endpoint, 100 a page"
+    )
+    aiw_agent_run_deadline: float = Field(
+        86_400.0, gt=0, description="a run not ended this long after it started is marked stuck"
+    )
+    aiw_agent_run_logs: bool = Field(
+        True, description="store the logs of an ended run as an artifact (the logs endpoint)"
+    )
+
     # --- Provider layer ------------------------------------------------------------
     prefer_codegen: bool = True
     ai_max_prompt_chars: int = Field(400_000, gt=0)
@@ -200,6 +244,16 @@ class Settings(BaseSettings):
             raise ValueError("AIW_TASK_SOFT_TIME_LIMIT must be below AIW_TASK_TIME_LIMIT")
         if self.aiw_visibility_timeout <= self.aiw_max_countdown:
             raise ValueError("AIW_VISIBILITY_TIMEOUT must exceed AIW_MAX_COUNTDOWN")
+        return self
+
+    @model_validator(mode="after")
+    def _codegen_budget(self) -> Settings:
+        if self.codegen_rate_burst >= self.codegen_rate_limit:
+            raise ValueError("CODEGEN_RATE_BURST must be below CODEGEN_RATE_LIMIT")
+        if self.codegen_create_burst >= self.codegen_create_limit:
+            raise ValueError("CODEGEN_CREATE_BURST must be below CODEGEN_CREATE_LIMIT")
+        if self.aiw_agent_poll_max_interval < self.aiw_agent_poll_interval:
+            raise ValueError("AIW_AGENT_POLL_MAX_INTERVAL must be at least AIW_AGENT_POLL_INTERVAL")
         return self
 
 

@@ -28,6 +28,7 @@ ALL_QUEUES = (QUEUE_AI, QUEUE_AGENT_RUNS, QUEUE_WEBHOOKS, QUEUE_MAINTENANCE)
 TASK_RUN_AI_REQUEST = "aiw.ai_request.run"
 TASK_SUBMIT_AI_REQUEST = "aiw.ai_request.submit"  # for Flower's REST API and other senders
 TASK_SWEEP = "aiw.maintenance.sweep"
+TASK_AGENT_RUN_POLL = "aiw.agent_run.poll"  # = app.jobs.agent_runs.constants.TASK_POLL
 TASK_DELIVER_WEBHOOK = "aiw.webhook.deliver"
 
 
@@ -110,6 +111,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.aiw_sweep_interval,
                 "options": {"queue": QUEUE_MAINTENANCE, "expires": settings.aiw_sweep_interval},
             },
+            "agent-run-poll": {
+                "task": TASK_AGENT_RUN_POLL,
+                "schedule": settings.aiw_agent_poll_sweep_interval,
+                "options": {
+                    "queue": QUEUE_AGENT_RUNS,
+                    "expires": settings.aiw_agent_poll_sweep_interval,
+                },
+            },
         },
         "worker_hijack_root_logger": False,
         # Modules with the user's own tasks (job callbacks), from AIW_IMPORTS.
@@ -119,6 +128,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 TASK_MODULES = [
     "workers.tasks.ai",
+    "workers.tasks.agent_runs",
     "workers.tasks.maintenance",
     "workers.tasks.webhooks",
     "workers.signals",

@@ -1,5 +1,22 @@
 """Submit and follow background work. ``app`` never imports Celery: see publisher.py."""
 
+from app.jobs.agent_runs import (
+    AgentRunArtifact,
+    AgentRunEvent,
+    AgentRunHandle,
+    AgentRunNotFoundError,
+    AgentRunRecord,
+    AgentRunState,
+    AgentRunStateError,
+    AgentRunTimeoutError,
+    CodegenBudgetExhaustedError,
+    UnknownRemoteRunError,
+    get_agent_run,
+    list_agent_runs,
+    resume_agent_run,
+    submit_agent_run,
+    track_agent_run,
+)
 from app.jobs.errors import (
     JobError,
     JobFailedError,
@@ -20,7 +37,16 @@ from app.jobs.service import (
 from app.jobs.stats import usage_stats
 
 __all__ = [
+    "AgentRunArtifact",
+    "AgentRunEvent",
+    "AgentRunHandle",
+    "AgentRunNotFoundError",
+    "AgentRunRecord",
+    "AgentRunState",
+    "AgentRunStateError",
+    "AgentRunTimeoutError",
     "Attempt",
+    "CodegenBudgetExhaustedError",
     "Job",
     "JobError",
     "JobFailedError",
@@ -28,10 +54,16 @@ __all__ = [
     "JobNotFinishedError",
     "JobNotFoundError",
     "JobTimeoutError",
+    "UnknownRemoteRunError",
     "cancel",
+    "get_agent_run",
     "get_attempts",
     "get_job",
+    "list_agent_runs",
     "list_jobs",
+    "resume_agent_run",
     "submit",
+    "submit_agent_run",
+    "track_agent_run",
     "usage_stats",
 ]

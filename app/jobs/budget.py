@@ -1,0 +1,261 @@
+"""Codegen's rate limits as token buckets shared by every worker.
+
+Codegen allows 60 requests per 30 seconds on its standard endpoints and 10 run
+creations per minute, counted per token over a *sliding window*, and answers 429
+past them. Every process of ai-worker that calls Codegen for tracked runs (workers,
+and a caller's ``track_agent_run``) takes a token from the same bucket first, so
+together they never go past the limit by themselves.
+
+The buckets live in Redis (``REDIS_URL``, else a ``redis://`` broker URL), one hash
+per bucket, updated atomically by one Lua script (``TAKE_SCRIPT``) that reads the
+Redis server's clock, so the workers' own clocks do not matter:
+
+- ``aiw:budget:codegen:standard:<digest>``: the standard endpoints (get, list, logs,
+  resume).
+- ``aiw:budget:codegen:create:<digest>``: run creations.
+
+``<digest>`` names the Codegen token and organization (``credential_digest``: not
+reversible), so two organizations never share a budget. Each hash holds ``tokens``
+(a float) and ``ts`` (the server time of the last update, seconds); it expires once
+it would be full again anyway. Without Redis (the embedded mode: one worker
+process) the buckets live in the process.
+
+**Why a token bucket obeys a sliding window.** A bucket of capacity ``B`` refilled
+at ``r`` tokens a second lets at most ``B + r * W`` requests through in *any*
+interval of ``W`` seconds (it holds at most ``B`` at the start and gains ``r * W``).
+``BucketSpec.for_window`` picks ``r = (limit - B) / (window + margin)``, so any
+``window + margin`` seconds see at most ``limit`` requests. The ``margin``
+(``CODEGEN_RATE_MARGIN``) covers the time between taking a token and the request
+reaching Codegen: two requests taken ``window`` apart may arrive closer together.
+The price is a steady rate a little under the limit (60/30 s, burst 10, margin 1 s:
+1.61 requests/s instead of 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from app.jobs.cooldown import credential_digest, redis_url_for
+
+if TYPE_CHECKING:
+    from app.config import Settings
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "aiw:budget:"
+STANDARD = "codegen:standard"
+CREATE = "codegen:create"
+#: The wait reported when the bucket store cannot be reached (nothing is granted then).
+UNREACHABLE_WAIT = 1.0
+
+#: KEYS[1] the bucket's hash. ARGV: capacity, rate (tokens/s), n (0 = look only),
+#: reserve (grant only if this many tokens stay), ttl (ms). Returns
+#: {granted (0 or n), wait (s, as a string), tokens left (as a string)}.
+TAKE_SCRIPT = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local reserve = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tokens = capacity
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+if state[1] and state[2] then
+  tokens = tonumber(state[1])
+  local last = tonumber(state[2])
+  if now > last then
+    tokens = math.min(capacity, tokens + (now - last) * rate)
+  else
+    now = last
+  end
+end
+local granted = 0
+local wait = 0
+if n > 0 then
+  if tokens - n >= reserve then
+    tokens = tokens - n
+    granted = n
+  else
+    wait = (n + reserve - tokens) / rate
+  end
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
+           'ts', string.format('%.6f', now))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {granted, string.format('%.6f', wait), string.format('%.6f', tokens)}
+"""
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    """A bucket's shape: ``capacity`` tokens at most, ``rate`` new tokens a second."""
+
+    capacity: float
+    rate: float
+
+    def __post_init__(self) -> None:
+        if not self.capacity >= 1 or not self.rate > 0:
+            raise ValueError(f"a bucket needs capacity >= 1 and rate > 0, got {self}")
+
+    @classmethod
+    def for_window(cls, limit: int, window: float, burst: int, margin: float = 0.0) -> BucketSpec:
+        """The bucket that never lets more than ``limit`` through per ``window`` seconds."""
+        if not 0 < burst < limit:
+            raise ValueError(f"need 0 < burst < limit, got burst={burst}, limit={limit}")
+        return cls(capacity=float(burst), rate=(limit - burst) / (window + margin))
+
+    @property
+    def refill_seconds(self) -> float:
+        """Seconds an empty bucket takes to fill up."""
+        return self.capacity / self.rate
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The answer of ``take``: ``granted`` tokens (0 or n), else ``wait`` seconds for them."""
+
+    granted: int
+    wait: float
+    tokens: float  # left in the bucket after this call
+
+    def __bool__(self) -> bool:
+        return self.granted > 0
+
+
+class TokenBucket(Protocol):
+    spec: BucketSpec
+
+    def take(self, n: int = 1, *, reserve: float = 0.0) -> Grant:
+        """Take ``n`` tokens if at least ``reserve`` stay in the bucket; never blocks."""
+
+    def peek(self) -> float:
+        """Tokens in the bucket now (nothing taken)."""
+
+
+class RedisTokenBucket:
+    """A bucket in Redis, shared by every process that names the same key."""
+
+    def __init__(self, client: Any, key: str, spec: BucketSpec) -> None:
+        self.spec = spec
+        self.key = key
+        self._client = client
+        self._script = client.register_script(TAKE_SCRIPT)
+        self._ttl_ms = int((spec.refill_seconds + 1.0) * 1000)
+
+    def _call(self, n: int, reserve: float) -> Grant:
+        import redis
+
+        try:
+            granted, wait, tokens = self._script(
+                keys=[self.key],
+                args=[self.spec.capacity, self.spec.rate, n, reserve, self._ttl_ms],
+            )
+        except redis.RedisError as exc:
+            # No budget store, no budget: call nothing rather than risk 429s. The
+            # broker is usually the same Redis, so the worker is stalled anyway.
+            log.warning("budget %s unreachable (%s): nothing granted", self.key, exc)
+            return Grant(0, UNREACHABLE_WAIT, 0.0)
+        return Grant(int(granted), float(wait), float(tokens))
+
+    def take(self, n: int = 1, *, reserve: float = 0.0) -> Grant:
+        if n < 1:
+            raise ValueError(f"take at least one token, got {n}")
+        return self._call(n, reserve)
+
+    def peek(self) -> float:
+        return self._call(0, 0.0).tokens
+
+
+class MemoryTokenBucket:
+    """The same bucket inside one process (embedded mode, tests)."""
+
+    def __init__(self, spec: BucketSpec, clock: Any = time.monotonic) -> None:
+        self.spec = spec
+        self._clock = clock
+        self._tokens = spec.capacity
+        self._ts = clock()
+        self._lock = threading.Lock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        if now > self._ts:
+            self._tokens = min(self.spec.capacity, self._tokens + (now - self._ts) * self.spec.rate)
+            self._ts = now
+
+    def take(self, n: int = 1, *, reserve: float = 0.0) -> Grant:
+        if n < 1:
+            raise ValueError(f"take at least one token, got {n}")
+        with self._lock:
+            self._refill()
+            if self._tokens - n >= reserve:
+                self._tokens -= n
+                return Grant(n, 0.0, self._tokens)
+            return Grant(0, (n + reserve - self._tokens) / self.spec.rate, self._tokens)
+
+    def peek(self) -> float:
+        with self._lock:
+            self._refill()
+            return self._tokens
+
+
+@dataclass(frozen=True)
+class CodegenBudget:
+    """The two buckets of one Codegen organization and token."""
+
+    standard: TokenBucket
+    create: TokenBucket
+
+
+def standard_spec(settings: Settings) -> BucketSpec:
+    return BucketSpec.for_window(
+        settings.codegen_rate_limit,
+        settings.codegen_rate_window,
+        settings.codegen_rate_burst,
+        settings.codegen_rate_margin,
+    )
+
+
+def create_spec(settings: Settings) -> BucketSpec:
+    return BucketSpec.for_window(
+        settings.codegen_create_limit,
+        settings.codegen_create_window,
+        settings.codegen_create_burst,
+        settings.codegen_rate_margin,
+    )
+
+
+_budgets: dict[tuple[Any, ...], CodegenBudget] = {}
+_budgets_lock = threading.Lock()
+
+
+def get_codegen_budget(settings: Settings) -> CodegenBudget:
+    """The shared budget for the configured Codegen organization (made once per process)."""
+    url = redis_url_for(settings)
+    digest = credential_digest(settings, "codegen")
+    standard, create = standard_spec(settings), create_spec(settings)
+    key = (url, digest, standard, create)
+    with _budgets_lock:
+        budget = _budgets.get(key)
+        if budget is None:
+            if url:
+                import redis
+
+                client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+                budget = CodegenBudget(
+                    RedisTokenBucket(client, f"{KEY_PREFIX}{STANDARD}:{digest}", standard),
+                    RedisTokenBucket(client, f"{KEY_PREFIX}{CREATE}:{digest}", create),
+                )
+            else:
+                budget = CodegenBudget(MemoryTokenBucket(standard), MemoryTokenBucket(create))
+            _budgets[key] = budget
+        return budget
+
+
+def reset_budgets() -> None:
+    """Forget the buckets made so far (tests; after a fork)."""
+    with _budgets_lock:
+        _budgets.clear()
