@@ -264,3 +264,152 @@ def deliveries_table(deliveries: Sequence[Any]) -> Table:
             f"{d.next_attempt_at:%H:%M:%S}" if d.next_attempt_at else "-",
         )
     return table
+
+
+# --- agent runs --------------------------------------------------------------------------
+
+RUN_STATE_STYLE = {
+    "creating": "yellow",
+    "resuming": "yellow",
+    "active": "cyan",
+    "finished": "green",
+    "stuck": "red",
+    "create_failed": "red",
+}
+
+
+def _run_state(record: Any) -> Text:
+    state = str(record.state)
+    text = Text(state, style=f"bold {RUN_STATE_STYLE.get(state, 'white')}")
+    if record.remote_status:
+        text.append(f"  (Codegen: {record.remote_status})", style="dim")
+    return text
+
+
+def _pull_requests(artifacts: Sequence[Any]) -> list[str]:
+    found = []
+    for a in artifacts:
+        if a.kind == "pull_request":
+            data = a.data if isinstance(a.data, dict) else {}
+            found.append(str(data.get("url") or data.get("html_url") or a.name or a.content))
+    return found
+
+
+def agent_run_view(
+    record: Any, events: Sequence[Any], artifacts: Sequence[Any], *, final: bool = False
+) -> RenderableType:
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="dim")
+    head.add_column()
+    state: RenderableType = _run_state(record)
+    if not final and not record.is_finished:
+        state = Spinner("dots", text=_run_state(record))
+    head.add_row("agent run", f"{record.id} (Codegen run {record.remote_id or '-'})")
+    head.add_row("state", state)
+    head.add_row("web_url", record.web_url or "-")
+    head.add_row("created", _ago(record.created_at))
+    if record.last_polled_at:
+        head.add_row("last poll", _ago(record.last_polled_at))
+    if record.last_poll_error:
+        head.add_row("poll error", Text(record.last_poll_error, style="yellow"))
+    parts: list[RenderableType] = [head]
+    if events:
+        table = Table(title="status changes", title_justify="left")
+        for column in ("at", "event", "from", "to", "detail"):
+            table.add_column(column)
+        for e in events:
+            table.add_row(
+                f"{e.created_at:%H:%M:%S}",
+                e.kind,
+                e.old_status or "-",
+                e.new_status or "-",
+                (e.detail or "")[:60],
+            )
+        parts.append(table)
+    prs = _pull_requests(artifacts)
+    if prs:
+        parts.append(Text("pull requests: " + ", ".join(prs), style="bold"))
+    if record.is_finished:
+        if record.result or record.summary:
+            parts.append(
+                Panel(
+                    Text(record.summary or record.result or ""), title="result", title_align="left"
+                )
+            )
+        if record.error_type:
+            parts.append(Text(f"error: {record.error_type}: {record.error_message}", style="red"))
+    return Group(*parts)
+
+
+def watch_agent_run(run_id: int, *, timeout: float | None, interval: float, as_json: bool) -> bool:
+    """Follow an agent run until it ends (True if Codegen says COMPLETE)."""
+    from app.codegen.status import SUCCESS
+    from app.jobs.agent_runs import AgentRunTimeoutError, get_agent_run
+    from app.jobs.agent_runs.service import get_agent_run_artifacts, get_agent_run_events
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def read() -> tuple[Any, list[Any], list[Any]]:
+        return (
+            get_agent_run(run_id),
+            get_agent_run_events(run_id),
+            [a for a in get_agent_run_artifacts(run_id) if a.kind != "logs"],
+        )
+
+    def ok(record: Any) -> bool:
+        return str(record.state) == "finished" and record.remote_status in SUCCESS
+
+    record, events, artifacts = read()
+    if as_json:
+        last: tuple[Any, ...] | None = None
+        while True:
+            key = (record.state, record.remote_status, len(events), len(artifacts))
+            if key != last:
+                last = key
+                data = {
+                    **record.model_dump(mode="json"),
+                    "events": [e.model_dump(mode="json") for e in events],
+                    "pull_requests": _pull_requests(artifacts),
+                }
+                print(json.dumps(data, default=str), flush=True)
+            if record.is_finished:
+                return ok(record)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise AgentRunTimeoutError(f"agent run {run_id} still {record.state}")
+            time.sleep(interval)
+            record, events, artifacts = read()
+
+    console = Console()
+    with Live(
+        agent_run_view(record, events, artifacts),
+        console=console,
+        refresh_per_second=8,
+        transient=True,
+    ) as live:
+        while not record.is_finished:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(interval)
+            record, events, artifacts = read()
+            live.update(agent_run_view(record, events, artifacts))
+    console.print(agent_run_view(record, events, artifacts, final=True))
+    if not record.is_finished:
+        raise AgentRunTimeoutError(f"agent run {run_id} still {record.state} after {timeout}s")
+    return ok(record)
+
+
+def agent_runs_table(runs: Sequence[Any]) -> Table:
+    table = Table(title=f"{len(runs)} agent run(s), newest first", title_justify="left")
+    for column in ("id", "codegen id", "state", "status", "created", "web_url", "prompt"):
+        table.add_column(column, overflow="fold")
+    for r in runs:
+        table.add_row(
+            str(r.id),
+            str(r.remote_id or "-"),
+            Text(str(r.state), style=RUN_STATE_STYLE.get(str(r.state), "white")),
+            r.remote_status or "-",
+            f"{r.created_at:%Y-%m-%d %H:%M:%S}",
+            r.web_url or "-",
+            (r.prompt or "")[:40].replace("\n", " "),
+        )
+    return table

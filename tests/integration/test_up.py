@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, UsageRow
+from app.sandbox.codegen_server import FakeCodegenServer
 from app.sandbox.openai_server import FakeOpenAIServer
 from tests.plugins.cli import (
     Up,
@@ -38,6 +39,13 @@ FLOWER_LOGIN = "admin:not-a-real-secret-42"
 @pytest.fixture
 def openai() -> FakeOpenAIServer:
     server = FakeOpenAIServer().start()
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+@pytest.fixture
+def codegen() -> FakeCodegenServer:
+    server = FakeCodegenServer().start()
     yield server  # type: ignore[misc]
     server.stop()
 
@@ -225,8 +233,49 @@ def interrupt_with_jobs_in_flight(
     assert all(ok[i] == 1 for i in ids), ok  # each ran to success exactly once
 
 
-def test_up_embedded(aiw_up: UpLauncher, openai: FakeOpenAIServer, tmp_path: Path) -> None:
-    env = up_env(tmp_path, openai)
+def agent_run_flow(up: Up) -> None:
+    """aiw agent run --wait, watch (status changes, pull request, web_url), list, show."""
+    r = up.aiw("agent", "run", "Fix the flaky test", "--tag", "cli", "--wait", "60", "--json")
+    assert r.code == 0, r.err
+    run = r.json()
+    assert run["state"] == "finished" and run["remote_status"] == "COMPLETE"
+    assert any(a["kind"] == "pull_request" for a in run["artifacts"])
+
+    r = up.aiw("watch", str(run["id"]), "--json")
+    assert r.code == 0, r.err
+    final = json.loads(r.out.splitlines()[-1])
+    assert final["web_url"] and final["pull_requests"]
+    assert [e["new_status"] for e in final["events"] if e["kind"] == "status_changed"][-1] == (
+        "COMPLETE"
+    )
+    r = up.aiw("watch", str(run["id"]))
+    assert r.code == 0 and "COMPLETE" in r.out and "pull requests:" in r.out
+
+    assert [x["id"] for x in up.aiw("agent", "list", "--tag", "cli", "--json").json()] == [
+        run["id"]
+    ]
+    assert up.aiw("agent", "show", str(run["id"])).code == 0
+    assert metric(up, "aiw_agent_runs", 'state="finished"') >= 1
+
+    r = up.aiw("agent", "show", "999999")
+    assert r.code == 1 and r.err.strip() == "aiw: no agent run 999999"
+    r = up.aiw("agent", "resume", "999999", "go on")
+    assert r.code == 1 and r.err.strip() == "aiw: no agent run 999999"
+
+
+def test_up_embedded(
+    aiw_up: UpLauncher, openai: FakeOpenAIServer, codegen: FakeCodegenServer, tmp_path: Path
+) -> None:
+    env = up_env(
+        tmp_path,
+        openai,
+        CODEGEN_TOKEN=codegen.token,
+        CODEGEN_ORG_ID=codegen.org_id,
+        CODEGEN_BASE_URL=codegen.url,
+        AIW_AGENT_POLL_SWEEP_INTERVAL=0.5,
+        AIW_AGENT_POLL_INTERVAL=0.5,
+        AIW_AGENT_POLL_MAX_INTERVAL=2,
+    )
     up = aiw_up.start(env)
     out = up.output
     assert "mode      embedded" in out
@@ -237,6 +286,7 @@ def test_up_embedded(aiw_up: UpLauncher, openai: FakeOpenAIServer, tmp_path: Pat
     db_url = f"sqlite:///{tmp_path / 'data' / 'aiw.sqlite3'}"
 
     submit_and_follow(up, db_url)
+    agent_run_flow(up)
     flower_checks(up)
     # What the banner says: on the SQL transport Flower cannot see the worker.
     status, body = http(up.flower_url + "/api/workers?refresh=1", auth=FLOWER_LOGIN)
