@@ -20,7 +20,11 @@ Provider-specific options (``request.extra``): ``repo_id`` (int), ``metadata``
 (dict, stored with the run), ``tags`` (list of str, merged into
 ``metadata["tags"]``), ``images`` (base64 data URIs) and ``agent_type``
 (``codegen`` | ``claude_code``). Any other option is refused before any call.
-``temperature`` and ``max_tokens`` mean nothing to an agent and are ignored.
+``temperature`` and ``max_tokens`` mean nothing to an agent and are ignored, and so
+are the chat function-calling options ``tools``, ``tool_choice`` and
+``parallel_tool_calls``: an agent answers in text, so a request that asks for a tool
+answer (graph-sitter's ``set_answer``) falling back to Codegen gets the run's result
+as its content.
 
 Models: Codegen lists none; a run uses the organization's default model unless
 ``model`` names another, which is passed through as is. ``get_available_models``
@@ -75,6 +79,10 @@ class CodegenProvider(AIProvider):
     #: The provider-specific options ``generate_response`` accepts.
     EXTRA_OPTIONS: ClassVar[frozenset[str]] = frozenset(
         {"repo_id", "metadata", "tags", "images", "agent_type"}
+    )
+    #: Chat options accepted and ignored (an agent has no function calling).
+    IGNORED_OPTIONS: ClassVar[frozenset[str]] = frozenset(
+        {"tools", "tool_choice", "parallel_tool_calls"}
     )
 
     def __init__(
@@ -165,7 +173,7 @@ class CodegenProvider(AIProvider):
 
     def run_options(self, request: AIRequest) -> dict[str, Any]:
         """``Agent.run`` keyword arguments from a request; unknown options are refused."""
-        extra = dict(request.extra)
+        extra = {k: v for k, v in request.extra.items() if k not in self.IGNORED_OPTIONS}
         unknown = sorted(set(extra) - self.EXTRA_OPTIONS)
         if unknown:
             raise InvalidRequestError(
