@@ -1021,6 +1021,9 @@ def _start_sandbox(openai_port: int, codegen_port: int) -> tuple[list[Any], dict
         "CODEGEN_ORG_ID": str(codegen.org_id),
         "CODEGEN_BASE_URL": codegen.url,
         "CODEGEN_POLL_INTERVAL": "1",
+        # The fake's runs end in about a second: poll them often so the tour is quick.
+        "AIW_AGENT_POLL_INTERVAL": "1",
+        "AIW_AGENT_POLL_SWEEP_INTERVAL": "1",
         "PREFER_CODEGEN": "false",
     }
     return [openai, codegen], env
