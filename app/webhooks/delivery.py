@@ -20,23 +20,27 @@ while sending becomes a failed attempt with its reason, never a lost delivery.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import requests
-from sqlalchemy import or_, select, update
+from sqlalchemy import Integer, String, Uuid, bindparam, cast, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from urllib3.exceptions import MaxRetryError
 
 from app.config import get_settings
-from app.db.base import utcnow
-from app.db.session import session_scope
+from app.db.base import UTCDateTime, utcnow
+from app.db.session import create_engine_for, database_url, session_scope
 from app.db.webhook_models import (
     DeliveryStatus,
     WebhookAttemptRow,
@@ -113,6 +117,8 @@ class _Claim:
 
 _sessions: dict[tuple[int, bool], requests.Session] = {}
 _sessions_lock = threading.Lock()
+_engines: dict[tuple[int, str], Engine] = {}
+_engines_lock = threading.Lock()
 
 
 def _http(settings: Settings) -> requests.Session:
@@ -127,13 +133,18 @@ def _http(settings: Settings) -> requests.Session:
         return session
 
 
-def reset_http_sessions() -> None:
-    """Close the pooled HTTP connections (shutdown, tests, after a fork)."""
+def reset_resources() -> None:
+    """Close this module's pooled HTTP and database connections (tests, shutdown)."""
     with _sessions_lock:
         sessions = list(_sessions.values())
         _sessions.clear()
     for session in sessions:
         session.close()
+    with _engines_lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.dispose()
 
 
 # --- the automatic path (the task) ---------------------------------------------------
@@ -161,53 +172,115 @@ def deliver(
     return _record(claim, result, settings)
 
 
+# --- the hot path's database access ----------------------------------------------------
+
+
+def _fast_engine(url: str) -> Engine:
+    """PostgreSQL only: an engine in autocommit, without a ping on every checkout. Each
+    step of a delivery is one statement, atomic by itself, so it needs no BEGIN/COMMIT
+    round trips; a connection that went stale (server restart) fails its statement with
+    ``OperationalError``, and the task retries (see workers/tasks/webhooks.py). One per
+    process (a forked child makes its own)."""
+    key = (os.getpid(), url)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = create_engine_for(
+                url, pool_pre_ping=False, isolation_level="AUTOCOMMIT"
+            )
+        return engine
+
+
+@contextmanager
+def _unit() -> Iterator[Session | Connection]:
+    """Where a step of the hot path runs: one autocommit statement on PostgreSQL;
+    a ``session_scope`` transaction elsewhere (SQLite: a step takes two statements)."""
+    url = database_url()
+    if url.startswith("postgresql"):
+        with _fast_engine(url).connect() as conn:
+            yield conn
+    else:
+        with session_scope() as session:
+            yield session
+
+
 def _lease(settings: Settings) -> timedelta:
     return timedelta(seconds=settings.aiw_webhook_timeout * 3 + 60)
+
+
+_WANTED = (
+    WebhookEventRow.id,
+    WebhookEventRow.type,
+    WebhookEventRow.payload,
+    WebhookEventRow.created_at,
+    WebhookEndpointRow.id,
+    WebhookEndpointRow.url,
+    WebhookEndpointRow.secret_encrypted,
+    WebhookEndpointRow.enabled,
+    WebhookEndpointRow.failing_since,
+    WebhookEndpointRow.disabled_reason,
+)
+
+
+@functools.cache
+def _claim_statement(*, manual: bool, joined: bool) -> Any:
+    """The claim, built once: a conditional UPDATE taking the lease. ``joined``: UPDATE ...
+    FROM the event and endpoint RETURNING what the try needs (PostgreSQL); else RETURNING
+    the attempt number only (SQLite cannot return the FROM tables)."""
+    D, E, P = WebhookDeliveryRow, WebhookEventRow, WebhookEndpointRow
+    now = bindparam("now", type_=UTCDateTime())
+    token = bindparam("token", type_=String())
+    conditions = [
+        D.id == bindparam("did", type_=Uuid()),
+        or_(D.lease_expires_at.is_(None), D.lease_expires_at < now, D.claim_token == token),
+    ]
+    if not manual:
+        conditions += [D.status == DeliveryStatus.PENDING.value, D.next_attempt_at <= now]
+    statement = (
+        update(D)
+        .where(*conditions)
+        .values(
+            claim_token=token,
+            lease_expires_at=bindparam("lease_until", type_=UTCDateTime()),
+            attempt_count=D.attempt_count + 1,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if joined:
+        return statement.where(E.id == D.event_id, P.id == D.endpoint_id).returning(
+            D.attempt_count, *_WANTED
+        )
+    return statement.returning(D.attempt_count)
 
 
 def _claim(
     did: uuid.UUID, token: str, settings: Settings, *, manual: bool
 ) -> _Claim | DeliveryOutcome:
     now = utcnow()
-    D = WebhookDeliveryRow
-    free = or_(D.lease_expires_at.is_(None), D.lease_expires_at < now, D.claim_token == token)
-    conditions = [D.id == did, free]
-    if not manual:
-        conditions += [D.status == DeliveryStatus.PENDING, D.next_attempt_at <= now]
-    with session_scope() as session:
-        number = session.execute(
-            update(D)
-            .where(*conditions)
-            .values(
-                claim_token=token,
-                lease_expires_at=now + _lease(settings),
-                attempt_count=D.attempt_count + 1,
-                updated_at=now,
+    D, E, P = WebhookDeliveryRow, WebhookEventRow, WebhookEndpointRow
+    params = {"did": did, "token": token, "now": now, "lease_until": now + _lease(settings)}
+    with _unit() as session:
+        if isinstance(session, Connection):  # one statement
+            row = session.execute(_claim_statement(manual=manual, joined=True), params).first()
+            if row is None:
+                return _not_claimed(session, did, now, manual=manual)
+            number, *rest = row
+            found = tuple(rest)
+        else:
+            claim = _claim_statement(manual=manual, joined=False)
+            number = session.execute(claim, params).scalar_one_or_none()
+            if number is None:
+                return _not_claimed(session, did, now, manual=manual)
+            found = tuple(
+                session.execute(
+                    select(*_WANTED)
+                    .select_from(D)
+                    .join(E, E.id == D.event_id)
+                    .join(P, P.id == D.endpoint_id)
+                    .where(D.id == did)
+                ).one()
             )
-            .returning(D.attempt_count)
-            .execution_options(synchronize_session=False)
-        ).scalar_one_or_none()
-        if number is None:
-            return _not_claimed(session, did, now, manual=manual)
-        E, P = WebhookEventRow, WebhookEndpointRow
-        found = session.execute(
-            select(
-                E.id,
-                E.type,
-                E.payload,
-                E.created_at,
-                P.id,
-                P.url,
-                P.secret_encrypted,
-                P.enabled,
-                P.failing_since,
-                P.disabled_reason,
-            )
-            .select_from(D)
-            .join(E, E.id == D.event_id)
-            .join(P, P.id == D.endpoint_id)
-            .where(D.id == did)
-        ).one()
         (event_id, event_type, payload, created_at, endpoint_id, url, secret, enabled,
          failing_since, disabled_reason) = found  # fmt: skip
         if not enabled and not manual:
@@ -245,7 +318,7 @@ def _claim(
 
 
 def _not_claimed(
-    session: Session, did: uuid.UUID, now: datetime, *, manual: bool
+    session: Session | Connection, did: uuid.UUID, now: datetime, *, manual: bool
 ) -> DeliveryOutcome:
     D = WebhookDeliveryRow
     row = session.execute(select(D.status, D.next_attempt_at).where(D.id == did)).first()
@@ -358,25 +431,104 @@ def _root_cause(exc: BaseException) -> str:
 # --- recording ---------------------------------------------------------------------------
 
 
+def _attempt_values(claim: _Claim, result: SendResult) -> dict[str, Any]:
+    return {
+        "delivery_id": claim.delivery_id,
+        "number": claim.number,
+        "manual": claim.manual,
+        "status_code": result.status_code,
+        "latency_s": result.latency_s,
+        "error": result.error,
+        "response_snippet": result.snippet,
+        "created_at": result.started_at,
+    }
+
+
 def _record(claim: _Claim, result: SendResult, settings: Settings) -> DeliveryOutcome:
+    if result.ok:
+        return _record_success(claim, result)
+    return _record_failure(claim, result, settings)
+
+
+_ATTEMPT_COLUMNS = (
+    "number", "manual", "status_code", "latency_s", "error", "response_snippet", "created_at",
+)  # fmt: skip
+
+
+@functools.cache
+def _success_statement(*, with_attempt: bool) -> Any:
+    """The success, built once. ``with_attempt`` (PostgreSQL): one statement,
+    ``WITH updated AS (UPDATE ... RETURNING id) INSERT INTO webhook_attempts SELECT ...``."""
+    D, A = WebhookDeliveryRow, WebhookAttemptRow
+    now = bindparam("now", type_=UTCDateTime())
+    succeed = (
+        update(D)
+        .where(D.id == bindparam("did", type_=Uuid()))
+        .values(
+            status=DeliveryStatus.SUCCEEDED.value,
+            next_attempt_at=None,
+            delivered_at=func.coalesce(D.delivered_at, now),
+            last_status_code=bindparam("a_status_code", type_=Integer()),
+            last_error=None,
+            claim_token=None,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        .returning(D.id)
+        .execution_options(synchronize_session=False)
+    )
+    if not with_attempt:
+        return succeed
+    updated = succeed.cte("updated")
+    table = A.__table__.c
+    values = [
+        cast(bindparam(f"a_{c}", type_=table[c].type), table[c].type) for c in _ATTEMPT_COLUMNS
+    ]
+    return (
+        insert(A)
+        .from_select(["delivery_id", *_ATTEMPT_COLUMNS], select(updated.c.id, *values))
+        .returning(A.delivery_id)
+    )
+
+
+def _record_success(claim: _Claim, result: SendResult) -> DeliveryOutcome:
+    """The common case, in one statement on PostgreSQL (two on SQLite). A 2xx is a 2xx:
+    the receiver has the event whoever holds the claim now, so the delivery is succeeded
+    unconditionally (a later try of another worker records its attempt, nothing more)."""
+    did = str(claim.delivery_id)
+    attempt = _attempt_values(claim, result)
+    params = {"did": claim.delivery_id, "now": utcnow()}
+    params.update({f"a_{c}": attempt[c] for c in _ATTEMPT_COLUMNS})
+    with _unit() as session:
+        if isinstance(session, Connection):
+            recorded = session.execute(_success_statement(with_attempt=True), params).first()
+        else:
+            recorded = session.execute(_success_statement(with_attempt=False), params).first()
+            if recorded is not None:
+                session.execute(insert(WebhookAttemptRow).values(**attempt))
+        if recorded is None:  # deleted meanwhile (its endpoint or event was removed)
+            return DeliveryOutcome(did, "skipped", reason="deleted meanwhile")
+        if claim.failing_since is not None:
+            session.execute(
+                update(WebhookEndpointRow)
+                .where(
+                    WebhookEndpointRow.id == claim.endpoint_id,
+                    WebhookEndpointRow.failing_since.is_not(None),
+                )
+                .values(failing_since=None)
+                .execution_options(synchronize_session=False)
+            )
+    return DeliveryOutcome(did, "done", DeliveryStatus.SUCCEEDED, status_code=result.status_code)
+
+
+def _record_failure(claim: _Claim, result: SendResult, settings: Settings) -> DeliveryOutcome:
     now = utcnow()
     did = str(claim.delivery_id)
     with session_scope() as session:
         row = session.get(WebhookDeliveryRow, claim.delivery_id, with_for_update=True)
         if row is None:  # deleted meanwhile (its endpoint or event was removed)
             return DeliveryOutcome(did, "skipped", reason="deleted meanwhile")
-        session.add(
-            WebhookAttemptRow(
-                delivery_id=claim.delivery_id,
-                number=claim.number,
-                manual=claim.manual,
-                status_code=result.status_code,
-                latency_s=result.latency_s,
-                error=result.error,
-                response_snippet=result.snippet,
-                created_at=result.started_at,
-            )
-        )
+        session.add(WebhookAttemptRow(**_attempt_values(claim, result)))
         ours = row.claim_token == claim.token
         if ours:
             row.claim_token = None
@@ -384,25 +536,6 @@ def _record(claim: _Claim, result: SendResult, settings: Settings) -> DeliveryOu
         row.last_status_code = result.status_code
         row.last_error = result.error
         row.updated_at = now
-
-        if result.ok:
-            # A 2xx is a 2xx: the receiver has the event, whoever held the claim.
-            row.status = DeliveryStatus.SUCCEEDED
-            row.next_attempt_at = None
-            row.delivered_at = row.delivered_at or now
-            if claim.failing_since is not None:
-                session.execute(
-                    update(WebhookEndpointRow)
-                    .where(
-                        WebhookEndpointRow.id == claim.endpoint_id,
-                        WebhookEndpointRow.failing_since.is_not(None),
-                    )
-                    .values(failing_since=None)
-                    .execution_options(synchronize_session=False)
-                )
-            return DeliveryOutcome(
-                did, "done", DeliveryStatus.SUCCEEDED, status_code=result.status_code
-            )
 
         disabled = _endpoint_failed(session, claim, now, settings, gone=is_gone(result.status_code))
         reason = result.error or "failed"

@@ -75,7 +75,7 @@ def test_an_ai_job_produces_a_signed_succeeded_event(
     assert data["content"] == "echo: hello webhooks" and data["tags"] == ["wh"]
     assert data["usage"]["total_tokens"] > 0
     assert handle.wait(timeout=10).status == "succeeded"
-    (delivery,) = list_deliveries()
+    (delivery,) = wait_ended([d.id for d in list_deliveries()], timeout=10)
     assert delivery.status == DeliveryStatus.SUCCEEDED and delivery.attempt_count == 1
     assert delivery.event_id == got.webhook_id
 

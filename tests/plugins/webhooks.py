@@ -15,7 +15,7 @@ from cryptography.fernet import Fernet
 from app.db.session import dispose_engines
 from app.jobs.publisher import set_publisher
 from app.sandbox.webhook_receiver import WebhookReceiver
-from app.webhooks.delivery import reset_http_sessions
+from app.webhooks.delivery import reset_resources
 
 if TYPE_CHECKING:  # imported by pytest as a plugin of its own, after this one
     from tests.plugins.queue import QueueBed
@@ -73,12 +73,12 @@ def webhook_db(
     set_publisher(publisher)
     yield publisher
     set_publisher(None)
-    reset_http_sessions()
+    reset_resources()
     dispose_engines()
 
 
 @pytest.fixture
-def webhook_bed(queue_bed: QueueBed) -> QueueBed:
+def webhook_bed(queue_bed: QueueBed) -> Iterator[QueueBed]:
     """The queue test bed (real workers, Redis, PostgreSQL) with webhook settings shared
     by the test process and the workers it starts."""
     queue_bed.configure(
@@ -87,5 +87,6 @@ def webhook_bed(queue_bed: QueueBed) -> QueueBed:
         AIW_WEBHOOK_RETRY_SCHEDULE="0.5,0.5,1,1,1,1,1,1,1,1",
         AIW_WEBHOOK_TIMEOUT=5,
     )
-    reset_http_sessions()
-    return queue_bed
+    reset_resources()
+    yield queue_bed
+    reset_resources()

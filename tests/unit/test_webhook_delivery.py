@@ -31,7 +31,7 @@ from app.webhooks import (
     send_test_event,
     verify_webhook,
 )
-from app.webhooks.delivery import DeliveryOutcome, deliver, reset_http_sessions
+from app.webhooks.delivery import DeliveryOutcome, deliver, reset_resources
 from app.webhooks.sweep import sweep_deliveries
 from tests.plugins.webhooks import RecordingPublisher
 
@@ -336,4 +336,4 @@ def test_the_runner_emits_ai_request_events(
         "ai_request.succeeded", "ai_request.failed"
     }  # fmt: skip
     reset_providers()
-    reset_http_sessions()
+    reset_resources()
