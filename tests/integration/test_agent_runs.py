@@ -184,8 +184,8 @@ def test_codegen_trouble_keeps_the_last_status_and_the_run_completes_later(
     agent_bed: AgentBed,
 ) -> None:
     fake = agent_bed.codegen
-    remote = fake.add_run("outside", pending_seconds=2.0, active_seconds=8.0)
     agent_bed.start()
+    remote = fake.add_run("outside", pending_seconds=2.0, active_seconds=8.0)
     handle = track_agent_run(remote, callbacks=[CALLBACK])
     wait_for(lambda: handle.status() == "ACTIVE", 30, "ACTIVE")
     # Now Codegen answers every request badly for a while.

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from app.config import load_settings
-from app.jobs.agent_runs.schedule import interval_for, poll_interval, worth_another_page
+from app.jobs.agent_runs.schedule import (
+    ListPositions,
+    interval_for,
+    poll_interval,
+    worth_another_page,
+)
 
 
 def test_interval_grows_every_n_polls_up_to_the_ceiling() -> None:
@@ -75,3 +80,21 @@ def test_nothing_more_to_read() -> None:
     assert not worth_another_page({5}, [], 100, at_end=False)
     # Wanted runs newer than what the page shows are not further down: GET them.
     assert not worth_another_page({3500, 3600, 3700}, page, 100, at_end=False)
+
+
+def test_list_positions_give_a_safe_place_to_start() -> None:
+    positions = ListPositions()
+    assert positions.start_for(2500) == 0  # nothing known: the top
+    positions.record(0, newest_first(3000, 100))  # 3000 at 0 .. 2901 at 99
+    positions.record(100, newest_first(2900, 100))  # 2900 at 100 .. 2801 at 199
+    assert positions.start_for(2850) == 100  # below 2900 (seen at 100), not below 2801
+    assert positions.start_for(2801) == 199
+    assert positions.start_for(2900) == 100
+    assert positions.start_for(2901) == 99
+    assert positions.start_for(2950) == 0  # only 3000 (at 0) is known to be at least as new
+    assert positions.start_for(3001) == 0
+    # New runs pushed everything down by 5: the later sighting wins.
+    positions.record(105, newest_first(2900, 100))
+    assert positions.start_for(2900) == 105
+    positions.record(90, newest_first(2900, 1))  # an older (smaller) sighting is ignored
+    assert positions.start_for(2900) == 105

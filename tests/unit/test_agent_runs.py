@@ -34,6 +34,7 @@ from app.jobs.agent_runs.constants import MARKER_KEY, TASK_CREATE, TASK_RESUME
 from app.jobs.agent_runs.poller import poll
 from app.jobs.budget import reset_budgets
 from app.jobs.cooldown import credential_digest, get_cooldowns, reset_cooldowns
+from app.jobs.lease import reset_leases
 from app.jobs.publisher import set_publisher
 from app.sandbox.base import Fault
 from app.sandbox.codegen_server import FakeCodegenServer
@@ -80,11 +81,13 @@ def bed(
     reset_budgets()
     reset_gateways()
     reset_cooldowns()
+    reset_leases()
     yield publisher
     set_publisher(None)
     reset_budgets()
     reset_gateways()
     reset_cooldowns()
+    reset_leases()
     dispose_engines()
 
 
@@ -364,6 +367,23 @@ def test_paging_reads_only_the_pages_that_pay(
         assert statuses == {"ACTIVE"}
 
 
+def test_a_round_starts_paging_where_its_runs_were_last_seen(
+    bed: RecordingPublisher, codegen_env: FakeCodegenServer
+) -> None:
+    codegen_env.rate_limits = False
+    ids = [codegen_env.add_run(f"r{n}", active_seconds=600) for n in range(1000)]
+    middle = ids[350:500]  # list positions 500..649 (newest first)
+    track_rows(middle)
+    assert poll().calls == 7  # from the top down to position 699
+    with session_scope() as s:
+        s.execute(update(AgentRunRow).values(next_poll_at=utcnow()))
+    before = codegen_env.request_count("/agent/runs")
+    second = poll()
+    assert second.observed == 150 and second.calls == 2  # positions 500..699 only
+    skips = [int(r.query["skip"][0]) for r in codegen_env.requests[before:]]
+    assert skips == [500, 600]
+
+
 def test_few_due_runs_are_read_one_get_each(
     bed: RecordingPublisher, codegen_env: FakeCodegenServer
 ) -> None:
@@ -388,7 +408,11 @@ def test_an_empty_budget_defers_the_round_and_it_goes_on_later(
     with session_scope() as s:  # the rest stay claimed by the round meanwhile
         held = s.scalar(select(func.count()).where(AgentRunRow.claim_token == first.token))
     assert held == 4
-    assert poll().claimed == 0  # another round does not take them
+    second = poll()  # a beat tick meanwhile: the round holds the lease
+    assert second.busy and second.claimed == 0
+    with session_scope() as s:
+        held = s.scalar(select(func.count()).where(AgentRunRow.claim_token == first.token))
+    assert held == 4
     outcome = first
     steps = 0
     while outcome.countdown is not None:
@@ -396,6 +420,9 @@ def test_an_empty_budget_defers_the_round_and_it_goes_on_later(
         outcome = poll(outcome.token, outcome.cursor)
         steps += 1
     assert steps >= 2
+    while second.countdown is not None:  # the other round (runs due again) ends too
+        time.sleep(second.countdown)
+        second = poll(second.token, second.cursor)
     with session_scope() as s:
         assert set(s.scalars(select(AgentRunRow.remote_status))) == {"ACTIVE"}
         assert s.scalar(select(func.count()).where(AgentRunRow.claim_token.is_not(None))) == 0

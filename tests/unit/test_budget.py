@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from app.config import load_settings
 from app.jobs.budget import (
@@ -77,6 +79,9 @@ def test_memory_bucket_never_exceeds_the_window() -> None:
     assert len(grants) >= 32  # and the budget is used: 4 at once, then 1/s
 
 
+NO_RETRY = Retry(NoBackoff(), 0)
+
+
 @pytest.fixture
 def redis_client(redis_db: int) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
@@ -130,7 +135,7 @@ def test_redis_bucket_reserve_peek_and_wait(redis_client: redis.Redis) -> None:
 
 
 def test_unreachable_redis_grants_nothing() -> None:
-    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=NO_RETRY)
     bucket = RedisTokenBucket(client, KEY_PREFIX + "test:down", BucketSpec(3, 1.0))
     grant = bucket.take()
     assert not grant and grant.wait > 0

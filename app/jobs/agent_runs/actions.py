@@ -353,7 +353,8 @@ def _record_started(claim: _Claim, run: AgentRun, settings: Settings) -> Outcome
         row.poll_interval = settings.aiw_agent_poll_interval
         row.state = AgentRunState.ACTIVE
         observe(session, row, run, now, settings, notices)
-    notices.send()
+        notices.emit_webhooks(session)
+    notices.send_callbacks()
     return Outcome(claim.run_id, "done", reason=f"{claim.state}: Codegen run {run.id}")
 
 
@@ -403,7 +404,9 @@ def _end_attempt(
     settings: Settings,
 ) -> None:
     if claim.state == AgentRunState.CREATING:
-        mark_create_failed(session, row, error_type, message, now)
+        notices = Notices()
+        mark_create_failed(session, row, error_type, message, now, notices)
+        notices.emit_webhooks(session)
         return
     # A refused follow-up: the run goes back to being followed as before.
     row.pending_prompt = None

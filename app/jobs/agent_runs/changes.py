@@ -1,11 +1,11 @@
 """What a tracked run's news does: the one place that records a status, an end, a mark.
 
 Every function here takes the caller's session and a row the caller has locked,
-writes in that transaction and never commits. What must wait for the commit (the
-status callbacks, Celery tasks named at submit) is collected in ``Notices`` and sent
-by the caller after it: a callback never announces a change that was rolled back.
-Webhooks go through ``emit`` (``app.webhooks``), which writes the event and its
-deliveries in the same transaction and publishes them after the commit itself.
+writes in that transaction and never commits. What a change announces is collected in
+``Notices``: the caller emits the webhooks in the same transaction once all its rows
+are written (``app.webhooks.emit`` writes the event and its deliveries and publishes
+them after the commit), commits, and only then sends the status callbacks (Celery
+tasks named at submit): nothing announces a change that was rolled back.
 
 On a status change (Codegen's status verbatim, ``old`` -> ``new``):
 
@@ -55,18 +55,34 @@ ARTIFACT_PROMPT = "prompt"  # a follow-up prompt (name: resume-<n>)
 
 @dataclass
 class Notices:
-    """Status callbacks to send once the transaction that decided them has committed."""
+    """What a change announces: webhooks and status callbacks.
 
+    The functions below only collect them. The caller emits the webhooks in its
+    transaction once every row is written (``emit_webhooks(session)``: one flush for
+    the whole batch instead of one per event), commits, then sends the callbacks
+    (``send_callbacks()``), so a callback never announces a change that was rolled back.
+    """
+
+    webhooks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     callbacks: list[tuple[str, list[Any]]] = field(default_factory=list)
 
     def status_changed(self, row: AgentRunRow, old: str | None, new: str | None) -> None:
         self.callbacks.extend((name, [row.id, old, new]) for name in row.callbacks)
 
-    def extend(self, other: Notices) -> None:
-        self.callbacks.extend(other.callbacks)
+    def webhook(self, row: AgentRunRow, event_type: str, payload: dict[str, Any]) -> None:
+        if row.webhook:
+            self.webhooks.append((event_type, payload))
 
-    def send(self) -> int:
-        """Send them all, in order; a failure is logged and does not stop the others."""
+    def emit_webhooks(self, session: Session) -> int:
+        """Hand the webhooks to ``app.webhooks`` in ``session``'s transaction."""
+        count = len(self.webhooks)
+        for event_type, payload in self.webhooks:
+            emit(session, event_type, payload)
+        self.webhooks.clear()
+        return count
+
+    def send_callbacks(self) -> int:
+        """Send the callbacks, in order (after the commit); a failure is logged only."""
         if not self.callbacks:
             return 0
         sent = 0
@@ -203,7 +219,7 @@ def observe(
     """Record what Codegen said of the run (the row is locked by the caller).
 
     Returns True when the status changed. Schedules the next poll (or, at the end, the
-    logs) and gives up any claim on the row.
+    logs) and gives up any claim on the row. Webhooks and callbacks go to ``notices``.
     """
     old, new = row.remote_status, run.status
     changed = new != old
@@ -223,41 +239,33 @@ def observe(
         row.last_status_change_at = now
         row.polls_since_change = 0
         row.poll_interval = settings.aiw_agent_poll_interval
-        _event(session, row, AgentRunEventKind.STATUS_CHANGED, old, new, now)
-        notices.status_changed(row, old, new)
-        if row.webhook:
-            emit(
-                session,
-                EVENT_STATUS_CHANGED,
-                {**run_payload(row), "old_status": old, "new_status": new,
-                 "changed_at": _iso(now)},
-            )  # fmt: skip
     else:
         row.polls_since_change += 1
         row.poll_interval = interval_for(settings, row.polls_since_change)
-    if is_terminal(new):
-        if row.state != AgentRunState.FINISHED:
-            _end(session, row, run, now, settings)
-    else:
+    ends = is_terminal(new) and row.state != AgentRunState.FINISHED
+    if ends:
+        row.state = AgentRunState.FINISHED
+        row.finished_at = now
+        row.logs_fetched_at = None
+        wants_logs = settings.aiw_agent_run_logs and row.remote_id is not None
+        row.next_poll_at = now if wants_logs else None
+        store_outcome(session, row, run, now)
+    elif not is_terminal(new):
         row.state = AgentRunState.ACTIVE
         row.finished_at = None
         row.next_poll_at = now + timedelta(seconds=row.poll_interval)
-    return changed
-
-
-def _end(
-    session: Session, row: AgentRunRow, run: AgentRun, now: datetime, settings: Settings
-) -> None:
-    row.state = AgentRunState.FINISHED
-    row.finished_at = now
-    want_logs = settings.aiw_agent_run_logs and row.remote_id is not None
-    row.logs_fetched_at = None
-    row.next_poll_at = now if want_logs else None
-    store_outcome(session, row, run, now)
-    if row.webhook:
-        emit(
-            session,
-            EVENT_COMPLETED if is_success(run.status) else EVENT_FAILED,
+    if changed:
+        _event(session, row, AgentRunEventKind.STATUS_CHANGED, old, new, now)
+        notices.status_changed(row, old, new)
+        notices.webhook(
+            row,
+            EVENT_STATUS_CHANGED,
+            {**run_payload(row), "old_status": old, "new_status": new, "changed_at": _iso(now)},
+        )
+    if ends:
+        notices.webhook(
+            row,
+            EVENT_COMPLETED if is_success(new) else EVENT_FAILED,
             {
                 **run_payload(row),
                 "result": run.result,
@@ -266,6 +274,7 @@ def _end(
                 "finished_at": _iso(now),
             },
         )
+    return changed
 
 
 def poll_failed(row: AgentRunRow, error: str, delay: float, now: datetime) -> None:
@@ -277,7 +286,7 @@ def poll_failed(row: AgentRunRow, error: str, delay: float, now: datetime) -> No
     row.updated_at = now
 
 
-def mark_stuck(session: Session, row: AgentRunRow, now: datetime) -> None:
+def mark_stuck(session: Session, row: AgentRunRow, now: datetime, notices: Notices) -> None:
     """The run is past its deadline without ending: stop polling it and say so."""
     row.state = AgentRunState.STUCK
     row.stuck_at = now
@@ -286,21 +295,25 @@ def mark_stuck(session: Session, row: AgentRunRow, now: datetime) -> None:
     row.updated_at = now
     detail = f"not ended by its deadline {_iso(row.deadline_at)}"
     _event(session, row, AgentRunEventKind.STUCK, row.remote_status, row.remote_status, now, detail)
-    if row.webhook:
-        emit(
-            session,
-            EVENT_STUCK,
-            {
-                **run_payload(row),
-                "deadline_at": _iso(row.deadline_at),
-                "last_status_change_at": _iso(row.last_status_change_at),
-                "stuck_at": _iso(now),
-            },
-        )
+    notices.webhook(
+        row,
+        EVENT_STUCK,
+        {
+            **run_payload(row),
+            "deadline_at": _iso(row.deadline_at),
+            "last_status_change_at": _iso(row.last_status_change_at),
+            "stuck_at": _iso(now),
+        },
+    )
 
 
 def mark_create_failed(
-    session: Session, row: AgentRunRow, error_type: str, message: str, now: datetime
+    session: Session,
+    row: AgentRunRow,
+    error_type: str,
+    message: str,
+    now: datetime,
+    notices: Notices,
 ) -> None:
     """Codegen refused the creation (or the retries ran out): the run never started."""
     row.state = AgentRunState.CREATE_FAILED
@@ -315,17 +328,16 @@ def mark_create_failed(
     _event(
         session, row, AgentRunEventKind.CREATE_FAILED, None, None, now, f"{error_type}: {message}"
     )
-    if row.webhook:
-        emit(
-            session,
-            EVENT_FAILED,
-            {
-                **run_payload(row),
-                "result": None,
-                "summary": None,
-                "pull_requests": [],
-                "error_type": error_type,
-                "error_message": message,
-                "finished_at": _iso(now),
-            },
-        )
+    notices.webhook(
+        row,
+        EVENT_FAILED,
+        {
+            **run_payload(row),
+            "result": None,
+            "summary": None,
+            "pull_requests": [],
+            "error_type": error_type,
+            "error_message": message,
+            "finished_at": _iso(now),
+        },
+    )

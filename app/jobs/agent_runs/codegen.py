@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from app.ai.errors import ProviderNotConfiguredError, ProviderRateLimitError
 from app.codegen import AgentRun, AgentRunLogs, AgentRunPage, CodegenClient
 from app.codegen.client import MAX_PAGE_SIZE
+from app.jobs.agent_runs.schedule import ListPositions
 from app.jobs.budget import CodegenBudget, TokenBucket, get_codegen_budget
 from app.jobs.cooldown import CooldownStore, credential_digest, get_cooldowns
 
@@ -59,6 +60,8 @@ class CodegenGateway:
     ) -> None:
         self.client = client
         self.budget = budget
+        #: Where this process saw runs in the list (see ``schedule.ListPositions``).
+        self.positions = ListPositions()
         self._cooldowns = cooldowns
         self._standard_name = f"{COOLDOWN_STANDARD}:{digest}"
         self._create_name = f"{COOLDOWN_CREATE}:{digest}"

@@ -13,11 +13,16 @@ Codegen sends no webhooks, so every change is learnt by asking. A **poll round**
 3. **Ask Codegen**, each request paid from the shared budget. Up to
    ``AIW_AGENT_POLL_GET_MAX`` due runs: one GET each. More: the list endpoint, 100
    runs a page, newest first, for as long as another page pays
-   (``schedule.worth_another_page``); the runs it did not reveal get a GET. Every
+   (``schedule.worth_another_page``), starting where the newest of them was last
+   seen (``schedule.ListPositions``); the runs it did not reveal get a GET. Every
    tracked run that a page shows is refreshed too, due or not, unless another
    round holds it: a page costs the same whoever it serves.
 4. **Record** each answer (``changes.observe``: events, callbacks, webhooks,
    artifacts, the next poll time) in a short transaction fenced by the claim.
+
+One round runs at a time (a lease per organization, ``app.jobs.lease``): a beat tick
+that finds a round still going only does the maintenance. Rounds side by side would
+split the budget between them and read the same pages twice.
 
 When the budget is spent (or a 429 cooldown runs), the round does not wait: it
 returns a ``countdown`` and its position (token, page cursor) and the task publishes
@@ -33,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -53,6 +58,8 @@ from app.jobs.agent_runs.codegen import BudgetExhausted, CodegenGateway, get_gat
 from app.jobs.agent_runs.constants import TASK_CREATE, TASK_RESUME
 from app.jobs.agent_runs.schedule import worth_another_page
 from app.jobs.agent_runs.service import publish
+from app.jobs.cooldown import credential_digest
+from app.jobs.lease import get_leases
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -63,6 +70,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds a round owns the runs it claimed (renewed at each of its steps).
 LEASE_SECONDS = 120.0
+#: One round at a time per organization (``app.jobs.lease``): its lease lasts this
+#: long past the round's last sign of life (each call, or its next step's countdown).
+ROUND_LEASE = "agent-poll"
+LEASE_SLACK = 30.0
 #: Share of the standard bucket's burst that logs fetching leaves for status polls.
 LOGS_RESERVE_SHARE = 0.5
 #: Ended runs whose logs one round fetches at most.
@@ -87,9 +98,12 @@ class PollOutcome:
     stuck: int = 0
     republished: int = 0
     logs: int = 0
+    busy: bool = False  # another round holds the lease: this tick polled nothing
 
     def __str__(self) -> str:
         more = f", goes on in {self.countdown:.2f}s" if self.countdown is not None else ""
+        if self.busy:
+            more += ", another round is running"
         return (
             f"claimed {self.claimed}, observed {self.observed}, changed {self.changed}, "
             f"{self.calls} call(s), stuck {self.stuck}, republished {self.republished}, "
@@ -114,18 +128,28 @@ def poll(
     except AIProviderError as error:
         log.warning("agent runs not polled: %s", error)
         return PollOutcome(stuck=stuck, republished=republished)
+    leases = get_leases(settings)
+    lease = f"{ROUND_LEASE}:{credential_digest(settings, 'codegen')}"
     token = round_token or str(uuid.uuid4())
     if round_token is None:
+        if not leases.acquire(lease, token, LEASE_SLACK):
+            return PollOutcome(stuck=stuck, republished=republished, busy=True)
         pending = claim_due(token, settings)
         cursor = 0 if len(pending) > settings.aiw_agent_poll_get_max else None
     else:
+        leases.renew(lease, token, LEASE_SLACK)  # lost meanwhile: go on all the same
         pending = reclaim(token)
     claimed = len(pending) if round_token is None else 0
-    rnd = _Round(token, pending, settings, gateway)
+    rnd = _Round(token, pending, settings, gateway, keepalive=lambda: leases.renew(
+        lease, token, LEASE_SLACK))  # fmt: skip
     wait = rnd.run(cursor)
     logs = 0
     if wait is None:
         logs = fetch_logs(settings, gateway)
+        leases.release(lease, token)
+    else:
+        extend_claims(token, wait)
+        leases.renew(lease, token, wait + LEASE_SLACK)
     outcome = PollOutcome(
         token=token,
         cursor=rnd.cursor,
@@ -194,6 +218,18 @@ def reclaim(token: str) -> dict[int, int]:
     return {remote_id: row_id for row_id, remote_id in rows if remote_id is not None}
 
 
+def extend_claims(token: str, wait: float) -> None:
+    """The round goes on in ``wait`` seconds: its runs stay claimed until well after."""
+    until = utcnow() + timedelta(seconds=wait + LEASE_SECONDS)
+    with session_scope() as session:
+        session.execute(
+            update(AgentRunRow)
+            .where(AgentRunRow.claim_token == token, AgentRunRow.state == AgentRunState.ACTIVE)
+            .values(next_poll_at=until)
+            .execution_options(synchronize_session=False)
+        )
+
+
 # --- a round -------------------------------------------------------------------------
 
 
@@ -203,6 +239,7 @@ class _Round:
     pending: dict[int, int]  # remote id -> row id, claimed and not observed yet
     settings: Settings
     gateway: CodegenGateway
+    keepalive: Callable[[], object] = lambda: None  # renews the round's lease
     cursor: int | None = None
     calls: int = 0
     observed: int = 0
@@ -216,6 +253,8 @@ class _Round:
 
     def run(self, cursor: int | None) -> float | None:
         """Observe every pending run; the seconds to wait if the budget ran out first."""
+        if cursor == 0 and self.pending:  # a new round: start near its newest run
+            cursor = self.gateway.positions.start_for(max(self.pending))
         while self.pending:
             if cursor is not None:
                 observed_at = utcnow()
@@ -230,10 +269,12 @@ class _Round:
                     self.pending.clear()
                     return None
                 self.calls += 1
+                self.keepalive()
+                ids = [run.id for run in page.items]
+                self.gateway.positions.record(cursor, ids)
                 self._apply(page.items, observed_at)
                 cursor += len(page.items)
                 at_end = len(page.items) < MAX_PAGE_SIZE or cursor >= page.total
-                ids = [run.id for run in page.items]
                 if not worth_another_page(self.pending.keys(), ids, MAX_PAGE_SIZE, at_end=at_end):
                     cursor = None
                 continue
@@ -250,6 +291,7 @@ class _Round:
                 self._failed([row_id], error)
                 continue
             self.calls += 1
+            self.keepalive()
             self._apply([run], observed_at)
             self.pending.pop(remote_id, None)
         self.cursor = None
@@ -288,7 +330,8 @@ class _Round:
                 self.observed += 1
                 if observe(session, row, by_id[row.remote_id], now, self.settings, notices):
                     self.changed += 1
-        notices.send()
+            notices.emit_webhooks(session)
+        notices.send_callbacks()
 
     def _failed(self, row_ids: Iterable[int], error: AIProviderError) -> None:
         """No usable answer for these runs: keep their status, poll them again later."""
@@ -407,6 +450,7 @@ def _logs_failed(row_id: int, token: str, error: AIProviderError, policy: RetryP
 def mark_stuck_runs(settings: Settings) -> int:
     """Mark the active runs past their deadline stuck (not held by a round)."""
     now = utcnow()
+    notices = Notices()
     with session_scope() as session:
         rows = session.scalars(
             select(AgentRunRow)
@@ -424,7 +468,8 @@ def mark_stuck_runs(settings: Settings) -> int:
                 "agent run %s (Codegen %s) stuck: still %s at its deadline",
                 row.id, row.remote_id, row.remote_status,
             )  # fmt: skip
-            mark_stuck(session, row, now)
+            mark_stuck(session, row, now, notices)
+        notices.emit_webhooks(session)
         return len(rows)
 
 

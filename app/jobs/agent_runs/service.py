@@ -347,13 +347,14 @@ def track_agent_run(
             session.flush()
             run_id = row.id
             observe(session, row, run, now, settings, notices)
+            notices.emit_webhooks(session)
     except IntegrityError:
         # Tracked by someone else meanwhile: theirs is the one.
         existing = _follow_again(rid, settings)
         if existing is None:
             raise
         return AgentRunHandle(existing)
-    notices.send()
+    notices.send_callbacks()
     return AgentRunHandle(run_id)
 
 
