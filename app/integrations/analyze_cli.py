@@ -109,6 +109,11 @@ def analyze_command(
         _fail(str(exc))
     except DBAPIError as exc:
         _fail(f"database error: {type(exc.orig).__name__}: {str(exc.orig).strip()[:200]}")
+    except KeyboardInterrupt:  # while parsing or queueing (following has its own)
+        _fail(
+            "interrupted; the jobs already queued go on, run the same command again to resume",
+            EXIT_INTERRUPTED,
+        )
 
 
 def _plan(path: Path, prompt: str, filter_: str, provider: str | None, model: str | None) -> Any:

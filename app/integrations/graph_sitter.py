@@ -50,10 +50,11 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -378,24 +379,18 @@ def get_stats() -> dict[str, Any] | None:
     return installed.router._chain.get_stats()
 
 
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
-ENV_SWITCH = "AIW_GRAPH_SITTER"
+def env_switch_on(environ: Mapping[str, str] | None = None) -> bool:
+    """The ``AIW_GRAPH_SITTER`` switch: ``1/true/yes/on`` or ``0/false/no/off``/unset;
+    ``ConfigError`` naming the variable for anything else."""
+    from app.integrations.graph_sitter_run import ENV_SWITCH, switch_state
 
+    state = switch_state(environ)
+    if state is None:
+        from app.config import ConfigError
 
-def env_switch_on(environ: dict[str, str] | None = None) -> bool:
-    """The ``AIW_GRAPH_SITTER`` switch: ``1/true/yes/on`` or ``0/false/no/off``/unset."""
-    import os
-
-    value = (environ if environ is not None else os.environ).get(ENV_SWITCH, "")
-    word = value.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    from app.config import ConfigError
-
-    raise ConfigError(f"{ENV_SWITCH}: expected 1/true/yes/on or 0/false/no/off, got {value!r}")
+        value = (os.environ if environ is None else environ).get(ENV_SWITCH, "")
+        raise ConfigError(f"{ENV_SWITCH}: expected 1/true/yes/on or 0/false/no/off, got {value!r}")
+    return state
 
 
 def install_from_env() -> bool:
@@ -494,8 +489,14 @@ def _submit_kwargs(
     context: Any,
     options: dict[str, Any],
 ) -> dict[str, Any]:
-    subject = {**subject_for(codebase, target, context), **(options.pop("subject", None) or {})}
-    tags = [TAG, *[t for t in (options.pop("tags", None) or []) if t != TAG]]
+    extra_subject = options.pop("subject", None) or {}
+    if not isinstance(extra_subject, dict):
+        raise InvalidRequestError("subject must be a dict")
+    extra_tags = options.pop("tags", None) or []
+    if isinstance(extra_tags, str) or not isinstance(extra_tags, list | tuple):
+        raise InvalidRequestError("tags must be a list of strings")
+    subject = {**subject_for(codebase, target, context), **extra_subject}
+    tags = [TAG, *[t for t in extra_tags if t != TAG]]
     return {
         "prompt": request.prompt,
         "system_prompt": request.system_prompt,

@@ -31,7 +31,7 @@ import os
 import runpy
 import sys
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
@@ -78,12 +78,32 @@ def _remove_hook() -> None:
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _InstallAfterImport)]
 
 
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+ENV_SWITCH = "AIW_GRAPH_SITTER"
+
+
+def switch_state(environ: Mapping[str, str] | None = None) -> bool | None:
+    """``AIW_GRAPH_SITTER``: True (1/true/yes/on), False (0/false/no/off, unset), None for
+    anything else. Standard library only: the startup hook runs it in every Python."""
+    word = (os.environ if environ is None else environ).get(ENV_SWITCH, "").strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    return None
+
+
 def startup() -> bool:
     """Called by the ``.pth`` line when ``AIW_GRAPH_SITTER`` is set: install now if
-    graph-sitter is already imported, else once it is. True when switched on."""
-    from app.integrations.graph_sitter import env_switch_on
+    graph-sitter is already imported, else right after it is. True when switched on.
+    Nothing of ai-worker is imported until graph-sitter is."""
+    state = switch_state()
+    if state is None:
+        from app.integrations.graph_sitter import env_switch_on
 
-    if not env_switch_on():
+        env_switch_on()  # raises the ConfigError that names the variable
+    if not state:
         return False
     if TARGET_MODULE in sys.modules:
         from app.integrations.graph_sitter import install

@@ -134,15 +134,14 @@ def test_an_interrupted_analysis_resumes_without_redoing_finished_symbols(
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, counts()
         time.sleep(0.05)
+    worker.stop()  # warm: the answer in flight ends, the rest stays queued
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "run the same command again to resume" in stderr
     partial = read_report(out)
     assert not partial["complete"] and partial["totals"]["pending"] > 0
-    worker.stop()  # the rest stays queued
-    asked_before = len(queue_bed.openai.chat_requests())
-    assert asked_before < 6
+    assert len(queue_bed.openai.chat_requests()) <= 3
 
     queue_bed.openai.latency = 0.0
     queue_bed.worker(concurrency=4)

@@ -92,6 +92,8 @@ def test_bad_input_queues_nothing(queue_bed: QueueBed, codebase: Any) -> None:
         submit_many(codebase, "  ", [function])
     with pytest.raises(InvalidRequestError, match="temperature"):
         submit_codebase_ai(codebase, "x", target=function, temperature=0.7)
+    with pytest.raises(InvalidRequestError, match="tags must be a list"):
+        submit_codebase_ai(codebase, "x", target=function, tags="one")
     with pytest.raises(InvalidRequestError, match="codebase must be a graph-sitter Codebase"):
         submit_codebase_ai(object(), "x", target=function)
     with pytest.raises(InvalidRequestError, match="idempotency_keys has 2 keys for 1 targets"):
