@@ -9,10 +9,16 @@ connection is held during the HTTP request:
    that already succeeded claims nothing: it is never sent again.
 2. **Send** it: the body of its event, signed for this try, POSTed through the
    URL guard (the address connected to is checked), redirects not followed.
-3. **Record**, fenced by the claim token: one attempt row; then success, retry
-   after a countdown, parked for the sweep (long waits), or failed; the
-   endpoint's failing stretch, and its disabling on 410 or after
-   ``AIW_WEBHOOK_DISABLE_AFTER`` seconds of failures.
+3. **Record** one attempt row, and the delivery's next state: a 2xx marks it
+   succeeded (whoever holds the claim by then: the receiver has the event); a
+   failure, fenced by the claim token, schedules a retry after a countdown,
+   parks a long wait for the sweep, or fails it; it also extends the endpoint's
+   failing stretch, which disables the endpoint on 410 or after
+   ``AIW_WEBHOOK_DISABLE_AFTER`` seconds.
+
+On PostgreSQL the claim and the success are one statement each, prebuilt, on an
+autocommit connection (``_unit``); SQLite, which cannot return joined rows from an
+UPDATE, takes two statements in a transaction.
 
 ``send`` is the one place that catches every exception: whatever goes wrong
 while sending becomes a failed attempt with its reason, never a lost delivery.
