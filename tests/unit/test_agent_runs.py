@@ -515,3 +515,34 @@ def test_a_lost_creation_message_is_published_again(
     assert bed.named(TASK_CREATE) == [[handle.id]]
     assert poll().republished == 0  # just published: not again
     assert get_agent_run(handle.id).state == AgentRunState.CREATING
+
+
+# --- wiring --------------------------------------------------------------------------
+
+
+def test_the_beat_polls_with_its_own_interval(env: Callable[..., None], tmp_path: Any) -> None:
+    from app.config import get_settings
+    from app.jobs.agent_runs.constants import TASK_POLL
+    from workers.celery_app import TASK_AGENT_RUN_POLL, celery_config
+
+    env(AIW_AGENT_POLL_SWEEP_INTERVAL=3, AIW_DATA_DIR=str(tmp_path))
+    entry = celery_config(get_settings())["beat_schedule"]["agent-run-poll"]
+    assert entry["task"] == TASK_POLL == TASK_AGENT_RUN_POLL
+    assert entry["schedule"] == 3
+    assert entry["options"] == {"queue": "agent_runs", "expires": 3}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"codegen_rate_burst": 60},
+        {"codegen_create_burst": 10},
+        {"aiw_agent_poll_interval": 30, "aiw_agent_poll_max_interval": 20},
+        {"aiw_agent_poll_growth": 0.5},
+    ],
+)
+def test_inconsistent_agent_run_settings_are_refused(bad: dict[str, Any]) -> None:
+    from app.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError):
+        load_settings(**bad)
