@@ -664,6 +664,16 @@ def webhooks_list(enabled: bool | None, as_json: bool) -> None:
     _console().print(endpoints_table(found))
 
 
+def _report_attempt(attempt: Any, as_json: bool) -> None:
+    """Print one manual delivery attempt; exit 1 unless the receiver answered 2xx."""
+    if as_json:
+        _print_json(attempt.model_dump(mode="json"))
+    else:
+        click.echo(_attempt_line(attempt))
+    if not attempt.ok:
+        sys.exit(EXIT_ERROR)
+
+
 @webhooks.command("test")
 @click.argument("endpoint_id")
 @click.option("--json", "as_json", is_flag=True)
@@ -672,13 +682,7 @@ def webhooks_test(endpoint_id: str, as_json: bool) -> None:
     """Send a signed webhook.test event now and show the answer (exit 1 if not 2xx)."""
     from app.webhooks import send_test_event
 
-    attempt = send_test_event(endpoint_id)
-    if as_json:
-        _print_json(attempt.model_dump(mode="json"))
-    else:
-        click.echo(_attempt_line(attempt))
-    if not attempt.ok:
-        sys.exit(EXIT_ERROR)
+    _report_attempt(send_test_event(endpoint_id), as_json)
 
 
 @webhooks.command("deliveries")
@@ -709,13 +713,7 @@ def webhooks_redeliver(delivery_id: str, as_json: bool) -> None:
     """Send a delivery again now, same webhook-id (exit 1 if not 2xx)."""
     from app.webhooks import redeliver
 
-    attempt = redeliver(delivery_id)
-    if as_json:
-        _print_json(attempt.model_dump(mode="json"))
-    else:
-        click.echo(_attempt_line(attempt))
-    if not attempt.ok:
-        sys.exit(EXIT_ERROR)
+    _report_attempt(redeliver(delivery_id), as_json)
 
 
 @webhooks.command("disable")
