@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_
 
 from app.config import get_settings
 from app.db.base import utcnow
 from app.db.models import AIRequestRow, JobStatus
-from app.db.session import session_scope
+from app.db.outbox import not_recently_published, take_for_publishing
 from app.jobs.publisher import get_publisher
 from app.jobs.service import publish
 
@@ -38,40 +37,21 @@ log = logging.getLogger(__name__)
 def due_jobs(settings: Settings, limit: int) -> list[uuid.UUID]:
     """Take up to ``limit`` jobs that need a message, stamping them published now."""
     now = utcnow()
-    stale = now - timedelta(seconds=settings.aiw_republish_after)
-    not_recent = or_(AIRequestRow.published_at.is_(None), AIRequestRow.published_at < stale)
-    with session_scope() as session:
-        ids = list(
-            session.scalars(
-                select(AIRequestRow.id)
-                .where(
-                    or_(
-                        and_(AIRequestRow.status == JobStatus.QUEUED, not_recent),
-                        and_(
-                            AIRequestRow.status == JobStatus.WAITING,
-                            AIRequestRow.next_attempt_at <= now,
-                            not_recent,
-                        ),
-                        and_(
-                            AIRequestRow.status == JobStatus.RUNNING,
-                            AIRequestRow.lease_expires_at < now,
-                            not_recent,
-                        ),
-                    )
-                )
-                .order_by(AIRequestRow.created_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        )
-        if ids:
-            session.execute(
-                update(AIRequestRow)
-                .where(AIRequestRow.id.in_(ids))
-                .values(published_at=now)
-                .execution_options(synchronize_session=False)
-            )
-    return ids
+    not_recent = not_recently_published(AIRequestRow, now, settings.aiw_republish_after)
+    condition = or_(
+        and_(AIRequestRow.status == JobStatus.QUEUED, not_recent),
+        and_(
+            AIRequestRow.status == JobStatus.WAITING,
+            AIRequestRow.next_attempt_at <= now,
+            not_recent,
+        ),
+        and_(
+            AIRequestRow.status == JobStatus.RUNNING,
+            AIRequestRow.lease_expires_at < now,
+            not_recent,
+        ),
+    )
+    return take_for_publishing(AIRequestRow, condition, AIRequestRow.created_at, limit, now)
 
 
 def sweep(settings: Settings | None = None, batch: int = 500, max_batches: int = 20) -> int:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_
 
 from app.config import get_settings
 from app.db.base import utcnow
-from app.db.session import session_scope
+from app.db.outbox import not_recently_published, take_for_publishing
 from app.db.webhook_models import DeliveryStatus, WebhookDeliveryRow
 from app.webhooks.events import publish_deliveries
 
@@ -34,30 +33,13 @@ def due_deliveries(settings: Settings, limit: int) -> list[uuid.UUID]:
     """Take up to ``limit`` deliveries that need a message, stamping them published now."""
     D = WebhookDeliveryRow
     now = utcnow()
-    stale = now - timedelta(seconds=settings.aiw_republish_after)
-    with session_scope() as session:
-        ids = list(
-            session.scalars(
-                select(D.id)
-                .where(
-                    D.status == DeliveryStatus.PENDING,
-                    D.next_attempt_at <= now,
-                    or_(D.published_at.is_(None), D.published_at < stale),
-                    or_(D.lease_expires_at.is_(None), D.lease_expires_at < now),
-                )
-                .order_by(D.next_attempt_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        )
-        if ids:
-            session.execute(
-                update(D)
-                .where(D.id.in_(ids))
-                .values(published_at=now)
-                .execution_options(synchronize_session=False)
-            )
-    return ids
+    condition = and_(
+        D.status == DeliveryStatus.PENDING,
+        D.next_attempt_at <= now,
+        not_recently_published(D, now, settings.aiw_republish_after),
+        or_(D.lease_expires_at.is_(None), D.lease_expires_at < now),
+    )
+    return take_for_publishing(D, condition, D.next_attempt_at, limit, now)
 
 
 def sweep_deliveries(
