@@ -50,8 +50,7 @@ def _describe_error(exc: BaseException) -> str | None:
     """One line for an error a user can cause, or None for a bug."""
     from sqlalchemy.exc import ArgumentError, DBAPIError
 
-    from app.ai.errors import AIProviderError
-    from app.jobs.errors import JobError
+    from app.core.errors import AIProviderError, JobError
     from app.runtime import RuntimeStartError
 
     if isinstance(exc, ConfigError | AIProviderError | JobError | RuntimeStartError):
@@ -239,8 +238,8 @@ def submit(
     so: the sweep publishes it once the broker and beat are back; with --wait,
     aiw exits 3 at once instead of waiting for nothing.
     """
+    from app.core.publisher import PublishError, get_publisher, set_publisher
     from app.jobs import submit as submit_job
-    from app.jobs.publisher import PublishError, get_publisher, set_publisher
     from app.topology import broker_url, safe_url
 
     if prompt in (None, "-"):

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
 
     # --- Codegen agent runs followed as jobs (app.jobs.agent_runs) --------------------
     # Codegen's limits, shared by every worker through token buckets in Redis
-    # (app.jobs.budget): standard endpoints, then creations.
+    # (app.core.budget): standard endpoints, then creations.
     codegen_rate_limit: int = Field(
         60, gt=1, description="requests allowed per CODEGEN_RATE_WINDOW (standard endpoints)"
     )

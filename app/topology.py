@@ -139,8 +139,8 @@ class Topology:
 
 
 def topology(settings: Settings) -> Topology:
+    from app.core.keys import redis_url_for
     from app.db.session import database_url
-    from app.jobs.cooldown import redis_url_for
 
     return Topology(
         database_url=database_url(settings),

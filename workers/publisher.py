@@ -1,4 +1,4 @@
-"""The Celery side of ``app.jobs.publisher.Publisher`` (entry point ``celery``)."""
+"""The Celery side of ``app.core.publisher.Publisher`` (entry point ``celery``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import KombuError
 
-from app.jobs.publisher import PublishError
+from app.core.publisher import PublishError
 from workers.celery_app import TASK_DELIVER_WEBHOOK, TASK_RUN_AI_REQUEST, celery_app, queues
 
 

@@ -8,8 +8,8 @@ from typing import Any
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
 from app.config import get_settings
+from app.core.cooldown import reset_cooldowns
 from app.db.session import dispose_engines
-from app.jobs.cooldown import reset_cooldowns
 from app.jobs.runner import reset_providers
 
 

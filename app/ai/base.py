@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.ai.errors import AIProviderError, InvalidRequestError, ProviderNotConfiguredError
 from app.ai.pricing import PriceTable, get_price_table
-from app.ai.retry import RetryPolicy
 from app.config import get_settings
+from app.core.errors import AIProviderError, InvalidRequestError, ProviderNotConfiguredError
+from app.core.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from app.config import Settings

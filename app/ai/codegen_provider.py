@@ -49,13 +49,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from app.ai.base import AIProvider, AIRequest, AIResponse, Usage
-from app.ai.errors import (
+from app.codegen import Agent, Task
+from app.core.errors import (
     AgentRunFailedError,
     InvalidRequestError,
     ProviderAuthenticationError,
     ProviderNotConfiguredError,
 )
-from app.codegen import Agent, Task
 
 if TYPE_CHECKING:
     from app.ai.pricing import PriceTable

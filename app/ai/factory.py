@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from app.ai.base import AIProvider, AIRequest, AIResponse, check_max_retries, check_timeout
-from app.ai.errors import (
+from app.config import get_settings
+from app.core.errors import (
     AIProviderError,
     ProviderAuthenticationError,
     ProviderUnavailableError,
     UnknownProviderError,
 )
-from app.config import get_settings
 
 if TYPE_CHECKING:
     from app.config import Settings

@@ -1,7 +1,7 @@
 """OpenAI (or any OpenAI-compatible server) behind the ``AIProvider`` interface.
 
 Built on the official ``openai`` SDK, with its own retries switched off
-(``max_retries=0``): the one retry loop is ``app.ai.retry``. The client is made on
+(``max_retries=0``): the one retry loop is ``app.core.retry``. The client is made on
 first use, never at import or construction, and is shared by the threads that use
 this provider instance.
 
@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import openai
 
 from app.ai.base import AIProvider, AIRequest, AIResponse, Usage
-from app.ai.errors import (
+from app.core.errors import (
     AIProviderError,
     ContextTooLongError,
     InvalidRequestError,
@@ -57,7 +57,7 @@ from app.ai.errors import (
     ProviderTimeoutError,
     error_for_status,
 )
-from app.ai.retry import parse_retry_after
+from app.core.retry import parse_retry_after
 
 if TYPE_CHECKING:
     from app.ai.pricing import PriceTable
@@ -162,7 +162,7 @@ def _error_fields(exc: openai.APIStatusError) -> tuple[str | None, str | None, s
 
 
 def map_openai_error(exc: Exception, *, timeout: float | None) -> AIProviderError:
-    """The ``app.ai.errors`` error for an exception raised by the openai SDK.
+    """The ``app.core.errors`` error for an exception raised by the openai SDK.
 
     - ``APITimeoutError`` -> ``ProviderTimeoutError(timeout_duration=timeout)``
     - ``APIConnectionError`` -> ``ProviderConnectionError`` (retryable)

@@ -11,7 +11,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from app.ai.base import AIProvider, AIRequest, AIResponse, ProviderStats, Usage
-from app.ai.errors import (
+from app.ai.factory import (
+    ProviderChain,
+    create_ai_provider,
+    detect_available_credentials,
+    get_provider_comparison,
+    get_provider_status,
+    provider_names,
+    register_provider,
+    unregister_provider,
+)
+from app.core.errors import (
     AgentRunFailedError,
     AIProviderError,
     ContextTooLongError,
@@ -29,16 +39,6 @@ from app.ai.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
     UnknownProviderError,
-)
-from app.ai.factory import (
-    ProviderChain,
-    create_ai_provider,
-    detect_available_credentials,
-    get_provider_comparison,
-    get_provider_status,
-    provider_names,
-    register_provider,
-    unregister_provider,
 )
 
 if TYPE_CHECKING:

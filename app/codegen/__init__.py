@@ -6,7 +6,6 @@ Knows nothing of providers, jobs or the database (an import-linter contract). Se
 
 from app.codegen.agent import DEFAULT_POLL_INTERVAL, Agent, Task
 from app.codegen.client import AGENT_TYPES, DEFAULT_BASE_URL, MAX_PAGE_SIZE, CodegenClient
-from app.codegen.errors import AgentRunTimeoutError
 from app.codegen.models import AgentRun, AgentRunLog, AgentRunLogs, AgentRunPage, PullRequest
 from app.codegen.status import (
     FAILURE,
@@ -20,6 +19,7 @@ from app.codegen.status import (
     is_success,
     is_terminal,
 )
+from app.core.errors import AgentRunTimeoutError
 
 __all__ = [
     "AGENT_TYPES",

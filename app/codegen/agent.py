@@ -30,8 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from app.ai.errors import AIProviderError, InvalidRequestError, ProviderNotConfiguredError
-from app.ai.retry import RetryPolicy
 from app.codegen import status as st
 from app.codegen.client import (
     DEFAULT_BASE_URL,
@@ -40,9 +38,15 @@ from app.codegen.client import (
     PROVIDER_NAME,
     CodegenClient,
 )
-from app.codegen.errors import AgentRunTimeoutError
 from app.codegen.models import AgentRun, AgentRunLog, PullRequest
 from app.config import get_settings
+from app.core.errors import (
+    AgentRunTimeoutError,
+    AIProviderError,
+    InvalidRequestError,
+    ProviderNotConfiguredError,
+)
+from app.core.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from app.config import Settings

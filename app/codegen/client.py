@@ -9,7 +9,7 @@ What it guarantees:
 
 - Bad input is refused before any network call with ``InvalidRequestError`` (empty
   prompt, ``limit`` outside 1..100, unknown ``agent_type``, non-integer ids, ...).
-- Every failure is an ``app.ai.errors`` error with ``provider_name="codegen"``: an
+- Every failure is an ``app.core.errors`` error with ``provider_name="codegen"``: an
   HTTP status goes through ``error_for_status`` (402 quota, 401/403 authentication,
   404 not found, 422 bad request, 429 rate limit, 5xx server); a timeout is
   ``ProviderTimeoutError``, a refused/reset connection ``ProviderConnectionError``, a
@@ -36,7 +36,8 @@ import requests
 from pydantic import BaseModel, SecretStr, ValidationError
 from requests.adapters import HTTPAdapter
 
-from app.ai.errors import (
+from app.codegen.models import AgentRun, AgentRunLog, AgentRunLogs, AgentRunPage
+from app.core.errors import (
     InvalidRequestError,
     ProviderConnectionError,
     ProviderNotConfiguredError,
@@ -44,8 +45,7 @@ from app.ai.errors import (
     ProviderTimeoutError,
     error_for_status,
 )
-from app.ai.retry import parse_retry_after
-from app.codegen.models import AgentRun, AgentRunLog, AgentRunLogs, AgentRunPage
+from app.core.retry import parse_retry_after
 
 log = logging.getLogger(__name__)
 

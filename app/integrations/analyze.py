@@ -50,7 +50,7 @@ from typing import Any
 from sqlalchemy import select
 
 from app.ai.base import AIRequest, AIResponse
-from app.ai.errors import InvalidRequestError
+from app.core.errors import InvalidRequestError
 from app.db.models import AIRequestRow, JobStatus
 from app.db.session import session_scope
 from app.integrations.graph_sitter import (

@@ -95,10 +95,9 @@ def analyze_command(
     """
     from sqlalchemy.exc import DBAPIError
 
-    from app.ai.errors import AIProviderError
     from app.config import ConfigError
+    from app.core.errors import AIProviderError, JobError
     from app.integrations.graph_sitter import GraphSitterUnavailableError
-    from app.jobs.errors import JobError
 
     try:
         if agent:

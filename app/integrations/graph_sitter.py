@@ -26,7 +26,7 @@ runs under the shared retry policy, a provider that is out hands over to the nex
 and stats, usage and cost are counted (``get_stats()``). OpenAI-compatible
 providers get the model and the tool; a provider without function calling (a
 Codegen agent run) gets the same prompts and its text answer is the answer.
-Failures raise ``app.ai.errors`` exceptions (``AIProviderError`` subclasses), not
+Failures raise ``app.core.errors`` exceptions (``AIProviderError`` subclasses), not
 the openai SDK's.
 
 Queued instead of answered in place::
@@ -61,7 +61,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from app.ai.base import AIProvider, AIRequest, AIResponse
-from app.ai.errors import AIProviderError, InvalidRequestError
+from app.core.errors import AIProviderError, InvalidRequestError
 
 if TYPE_CHECKING:
     from app.ai.factory import ProviderChain
@@ -335,8 +335,8 @@ def install(
     """
     global _installed
     from app.ai.base import check_max_retries, check_timeout
-    from app.ai.errors import UnknownProviderError
     from app.ai.factory import provider_names
+    from app.core.errors import UnknownProviderError
 
     check_timeout(timeout)
     check_max_retries(max_retries)

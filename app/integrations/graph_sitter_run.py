@@ -211,8 +211,8 @@ def _hook(action: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from app.ai.errors import InvalidRequestError
     from app.config import ConfigError
+    from app.core.errors import InvalidRequestError
     from app.integrations.graph_sitter import GraphSitterUnavailableError
 
     args = list(sys.argv[1:] if argv is None else argv)

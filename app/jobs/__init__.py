@@ -1,5 +1,12 @@
 """Submit and follow background work. ``app`` never imports Celery: see publisher.py."""
 
+from app.core.errors import (
+    JobError,
+    JobFailedError,
+    JobNotFinishedError,
+    JobNotFoundError,
+    JobTimeoutError,
+)
 from app.jobs.agent_runs import (
     AgentRunArtifact,
     AgentRunEvent,
@@ -16,13 +23,6 @@ from app.jobs.agent_runs import (
     resume_agent_run,
     submit_agent_run,
     track_agent_run,
-)
-from app.jobs.errors import (
-    JobError,
-    JobFailedError,
-    JobNotFinishedError,
-    JobNotFoundError,
-    JobTimeoutError,
 )
 from app.jobs.service import (
     Attempt,

@@ -33,13 +33,13 @@ from sqlalchemy import and_, func, insert, or_, text, update
 from sqlalchemy.orm import Session
 
 from app.ai.base import AIProvider, AIRequest, AIResponse
-from app.ai.errors import AIProviderError, ProviderRateLimitError, ProviderUnavailableError
 from app.ai.factory import automatic_order, build_provider
 from app.config import get_settings
+from app.core.cooldown import credential_digest, get_cooldowns
+from app.core.errors import AIProviderError, ProviderRateLimitError, ProviderUnavailableError
 from app.db.base import utcnow
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus, UsageRow
 from app.db.session import session_scope
-from app.jobs.cooldown import credential_digest, get_cooldowns
 from app.webhooks.events import emit_ai_request_finished
 
 if TYPE_CHECKING:

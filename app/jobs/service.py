@@ -26,13 +26,18 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.ai.base import AIRequest, AIResponse
-from app.ai.errors import InvalidRequestError
 from app.ai.factory import provider_names
+from app.core.errors import (
+    InvalidRequestError,
+    JobFailedError,
+    JobNotFinishedError,
+    JobNotFoundError,
+    JobTimeoutError,
+)
+from app.core.publisher import PublishError, get_publisher
 from app.db.base import utcnow
 from app.db.models import AIRequestRow, AttemptRow, JobStatus
 from app.db.session import session_scope
-from app.jobs.errors import JobFailedError, JobNotFinishedError, JobNotFoundError, JobTimeoutError
-from app.jobs.publisher import PublishError, get_publisher
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app.ai.errors import InvalidRequestError
+from app.core.errors import InvalidRequestError
 from app.db.models import AttemptOutcome, AttemptRow, UsageRow
 from app.db.session import session_scope
 

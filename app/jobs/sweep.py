@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy import and_, or_
 
 from app.config import get_settings
+from app.core.publisher import get_publisher
 from app.db.base import utcnow
 from app.db.models import AIRequestRow, JobStatus
 from app.db.outbox import not_recently_published, take_for_publishing
-from app.jobs.publisher import get_publisher
 from app.jobs.service import publish
 
 if TYPE_CHECKING:

@@ -30,6 +30,7 @@ from sqlalchemy import event, insert, select
 from sqlalchemy.orm import Session
 
 from app.ai.base import Usage
+from app.core.publisher import PublishError, get_publisher
 from app.db.base import utcnow
 from app.db.models import AIRequestRow
 from app.db.webhook_models import (
@@ -38,7 +39,6 @@ from app.db.webhook_models import (
     WebhookEndpointRow,
     WebhookEventRow,
 )
-from app.jobs.publisher import PublishError, get_publisher
 from app.webhooks.errors import InvalidPayloadError, UnknownEventTypeError
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from graph_sitter.codebase.codebase_ai import generate_system_prompt, generate_t
 from graph_sitter.shared.exceptions.control_flow import MaxAIRequestsError
 
 from app.ai.base import AIProvider, AIRequest, AIResponse
-from app.ai.errors import ProviderServerError
 from app.ai.factory import clear_validation_cache, register_provider, unregister_provider
+from app.core.errors import ProviderServerError
 from app.integrations import graph_sitter as integration
 from app.integrations.graph_sitter_run import PTH_LINE, PTH_NAME
 from app.sandbox.base import Fault
@@ -309,7 +309,7 @@ def test_hook_enable_and_disable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_install_checks_its_options(routed: Any) -> None:
-    from app.ai.errors import InvalidRequestError
+    from app.core.errors import InvalidRequestError
 
     with pytest.raises(InvalidRequestError):
         routed.install(timeout=-1)

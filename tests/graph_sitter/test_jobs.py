@@ -12,7 +12,7 @@ pytest.importorskip("graph_sitter")
 from graph_sitter.codebase.codebase_ai import generate_system_prompt, generate_tools
 from sqlalchemy import func, select
 
-from app.ai.errors import InvalidRequestError
+from app.core.errors import InvalidRequestError
 from app.db.models import AIRequestRow, JobStatus
 from app.db.session import session_scope
 from app.integrations.graph_sitter import (

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from app.core.budget import reset_budgets
+from app.core.cooldown import reset_cooldowns
 from app.db.agent_run_models import AgentRunRow, AgentRunState
 from app.db.session import session_scope
 from app.jobs import (
@@ -23,8 +25,6 @@ from app.jobs import (
     track_agent_run,
 )
 from app.jobs.agent_runs.codegen import reset_gateways
-from app.jobs.budget import reset_budgets
-from app.jobs.cooldown import reset_cooldowns
 from app.sandbox.base import Fault
 from app.sandbox.codegen_server import FakeCodegenServer
 from app.sandbox.webhook_receiver import Received, WebhookReceiver

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, select
 
-from app.ai.errors import InvalidRequestError
+from app.core.errors import InvalidRequestError
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus, UsageRow
 from app.db.session import session_scope
 from app.jobs import JobFailedError, cancel, get_attempts, submit, usage_stats

@@ -74,7 +74,7 @@ def queue_bed(
         PYTHONPATH=str(REPO_ROOT),
     )
     from app.config import get_settings
-    from app.jobs.publisher import set_publisher
+    from app.core.publisher import set_publisher
     from workers.celery_app import create_celery_app
     from workers.publisher import CeleryPublisher
 

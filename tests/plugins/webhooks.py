@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import pytest
 from cryptography.fernet import Fernet
 
+from app.core.publisher import set_publisher
 from app.db.session import dispose_engines
-from app.jobs.publisher import set_publisher
 from app.sandbox.webhook_receiver import WebhookReceiver
 from app.webhooks.delivery import reset_resources
 

@@ -14,7 +14,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from app.ai.errors import InvalidRequestError
+from app.core.budget import reset_budgets
+from app.core.cooldown import credential_digest, get_cooldowns, reset_cooldowns
+from app.core.errors import InvalidRequestError
+from app.core.lease import reset_leases
+from app.core.publisher import set_publisher
 from app.db.agent_run_models import AgentRunEventRow, AgentRunRow, AgentRunState
 from app.db.base import utcnow
 from app.db.models import ArtifactRow
@@ -32,10 +36,6 @@ from app.jobs.agent_runs.actions import create_run, resume_run
 from app.jobs.agent_runs.codegen import COOLDOWN_STANDARD, reset_gateways
 from app.jobs.agent_runs.constants import MARKER_KEY, TASK_CREATE, TASK_RESUME
 from app.jobs.agent_runs.poller import poll
-from app.jobs.budget import reset_budgets
-from app.jobs.cooldown import credential_digest, get_cooldowns, reset_cooldowns
-from app.jobs.lease import reset_leases
-from app.jobs.publisher import set_publisher
 from app.sandbox.base import Fault
 from app.sandbox.codegen_server import FakeCodegenServer
 

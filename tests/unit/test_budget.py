@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from app.config import load_settings
-from app.jobs.budget import (
+from app.core.budget import (
     KEY_PREFIX,
     BucketSpec,
     MemoryTokenBucket,

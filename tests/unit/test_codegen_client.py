@@ -10,7 +10,17 @@ from typing import Any
 
 import pytest
 
-from app.ai.errors import (
+from app.codegen import (
+    TERMINAL,
+    Agent,
+    AgentRun,
+    AgentRunTimeoutError,
+    CodegenClient,
+    Task,
+    is_terminal,
+)
+from app.codegen import status as st
+from app.core.errors import (
     InvalidRequestError,
     ProviderAuthenticationError,
     ProviderBadRequestError,
@@ -23,17 +33,7 @@ from app.ai.errors import (
     ProviderServerError,
     ProviderTimeoutError,
 )
-from app.ai.retry import RetryPolicy
-from app.codegen import (
-    TERMINAL,
-    Agent,
-    AgentRun,
-    AgentRunTimeoutError,
-    CodegenClient,
-    Task,
-    is_terminal,
-)
-from app.codegen import status as st
+from app.core.retry import RetryPolicy
 from app.sandbox.base import Fault
 from app.sandbox.codegen_server import FakeCodegenServer
 from tests.plugins.codegen_fake import ManualClock

@@ -11,14 +11,14 @@ import pytest
 
 from app.ai.base import AIRequest, Usage
 from app.ai.codegen_provider import DEFAULT_MODEL, CodegenProvider, compose_prompt
-from app.ai.errors import (
+from app.codegen import AgentRunTimeoutError, Task
+from app.core.errors import (
     AgentRunFailedError,
     InvalidRequestError,
     ProviderNotConfiguredError,
     ProviderQuotaError,
     ProviderTimeoutError,
 )
-from app.codegen import AgentRunTimeoutError, Task
 from app.sandbox.base import Fault
 from app.sandbox.codegen_server import FakeCodegenServer
 

@@ -11,8 +11,8 @@ import pytest
 
 from app.ai.base import AIRequest, AIResponse
 from app.ai.codegen_provider import CodegenProvider
-from app.ai.errors import InvalidRequestError
 from app.config import ConfigError
+from app.core.errors import InvalidRequestError
 from app.integrations import graph_sitter as integration
 from app.integrations.analyze import render_markdown, retry_key
 from app.integrations.graph_sitter import answer_from, env_switch_on, tool_choice_for

@@ -9,7 +9,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from app.jobs.lease import KEY_PREFIX, Leases, MemoryLeases, RedisLeases
+from app.core.lease import KEY_PREFIX, Leases, MemoryLeases, RedisLeases
 
 NO_RETRY = Retry(NoBackoff(), 0)
 

@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 
 from app.ai.base import AIRequest, Usage
-from app.ai.errors import (
+from app.ai.openai_provider import (
+    PASSTHROUGH_PARAMS,
+    OpenAIProvider,
+    parse_reset_duration,
+    rate_limit_info,
+)
+from app.ai.pricing import DEFAULT_PRICES
+from app.config import get_settings
+from app.core.errors import (
     AIProviderError,
     ContextTooLongError,
     InvalidRequestError,
@@ -30,15 +38,7 @@ from app.ai.errors import (
     ProviderServerError,
     ProviderTimeoutError,
 )
-from app.ai.openai_provider import (
-    PASSTHROUGH_PARAMS,
-    OpenAIProvider,
-    parse_reset_duration,
-    rate_limit_info,
-)
-from app.ai.pricing import DEFAULT_PRICES
-from app.ai.retry import RetryPolicy
-from app.config import get_settings
+from app.core.retry import RetryPolicy
 from app.sandbox.base import Fault
 from app.sandbox.openai_server import (
     TINY_CONTEXT,

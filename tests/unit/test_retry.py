@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from app.ai.errors import (
+from app.core.errors import (
     AIProviderError,
     ProviderAuthenticationError,
     ProviderBadRequestError,
@@ -17,7 +17,7 @@ from app.ai.errors import (
     ProviderTimeoutError,
     error_for_status,
 )
-from app.ai.retry import RetryPolicy, parse_retry_after
+from app.core.retry import RetryPolicy, parse_retry_after
 
 
 @pytest.mark.parametrize(

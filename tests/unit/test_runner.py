@@ -1,6 +1,6 @@
 """The job runner's decisions, one run at a time, on SQLite and the fakes over HTTP.
 
-The broker is replaced by a recording publisher (the port ``app.jobs.publisher``);
+The broker is replaced by a recording publisher (the port ``app.core.publisher``);
 the real broker path is in tests/integration/test_queue.py.
 """
 
@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
+from app.core.cooldown import reset_cooldowns
+from app.core.publisher import set_publisher
 from app.db.base import utcnow
 from app.db.models import AIRequestRow, AttemptRow, JobStatus, UsageRow
 from app.db.session import dispose_engines, session_scope
 from app.jobs import cancel, get_attempts, get_job, submit, usage_stats
-from app.jobs.cooldown import reset_cooldowns
-from app.jobs.publisher import set_publisher
 from app.jobs.runner import reset_providers, run_job
 from app.jobs.sweep import sweep
 from app.sandbox.base import Fault

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
+from app.core.publisher import PublishError
 from app.db.session import session_scope
 from app.db.webhook_models import DeliveryStatus, WebhookDeliveryRow, WebhookEventRow
-from app.jobs.publisher import PublishError
 from app.sandbox.webhook_receiver import WebhookReceiver
 from app.webhooks import (
     EVENT_TYPES,

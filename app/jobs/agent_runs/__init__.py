@@ -3,17 +3,17 @@
 The public API is ``service.py``; the two tasks call ``actions.py`` (create,
 resume) and ``poller.py`` (the beat-driven poll); ``changes.py`` is what a status
 change does; ``codegen.py`` pays every request from the shared budget
-(``app.jobs.budget``).
+(``app.core.budget``).
 """
 
-from app.db.agent_run_models import AgentRunState
-from app.jobs.agent_runs.errors import (
+from app.core.errors import (
     AgentRunNotFoundError,
     AgentRunStateError,
     AgentRunTimeoutError,
     CodegenBudgetExhaustedError,
     UnknownRemoteRunError,
 )
+from app.db.agent_run_models import AgentRunState
 from app.jobs.agent_runs.service import (
     AgentRunArtifact,
     AgentRunEvent,

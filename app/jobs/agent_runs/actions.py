@@ -38,16 +38,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import and_, or_, update
 from sqlalchemy.orm import Session
 
-from app.ai.errors import AIProviderError, ProviderRateLimitError
-from app.ai.retry import RetryPolicy
 from app.codegen import IN_PROGRESS, NEEDS_INPUT, TERMINAL, AgentRun, is_terminal
 from app.config import get_settings
+from app.core.budget import BudgetExhausted
+from app.core.errors import AIProviderError, ProviderRateLimitError
+from app.core.retry import RetryPolicy
 from app.db.agent_run_models import AgentRunEventKind, AgentRunEventRow, AgentRunRow, AgentRunState
 from app.db.base import utcnow
 from app.db.models import ArtifactRow
 from app.db.session import session_scope
 from app.jobs.agent_runs.changes import ARTIFACT_PROMPT, Notices, mark_create_failed, observe
-from app.jobs.agent_runs.codegen import BudgetExhausted, CodegenGateway, get_gateway
+from app.jobs.agent_runs.codegen import CodegenGateway, get_gateway
 from app.jobs.agent_runs.constants import MARKER_KEY
 
 if TYPE_CHECKING:

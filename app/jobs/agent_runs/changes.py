@@ -31,10 +31,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.codegen import AgentRun, AgentRunLog, PullRequest, is_success, is_terminal
+from app.core.publisher import get_publisher
 from app.db.agent_run_models import AgentRunEventKind, AgentRunEventRow, AgentRunRow, AgentRunState
 from app.db.models import ArtifactRow
 from app.jobs.agent_runs.schedule import interval_for
-from app.jobs.publisher import get_publisher
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -99,7 +99,7 @@ class Notices:
 
 def emit(session: Session, event_type: str, payload: dict[str, Any]) -> None:
     """``app.webhooks.events.emit``: the event and its deliveries in this transaction."""
-    # Imported here: app.webhooks.events imports app.jobs.publisher, and the app.jobs
+    # Imported here: app.webhooks.events imports app.core.publisher, and the app.jobs
     # package imports this module, a cycle if either is imported at the top.
     from app.webhooks.events import emit as emit_event
 

@@ -2,13 +2,13 @@
 
 ``CodegenGateway`` wraps one ``CodegenClient`` (one per process and configuration,
 made on first use) and, before each request, checks the cooldown that a 429 starts
-and takes a token from the budget (``app.jobs.budget``): the standard bucket for
+and takes a token from the budget (``app.core.budget``): the standard bucket for
 get/list/logs/resume, the creation bucket for creating a run. No token, no request:
 ``BudgetExhausted`` says how long to wait, and the caller defers (a task publishes
 itself again with a countdown; it never sleeps in a worker slot).
 
 A 429 (someone else spends the same token's budget, or the limits are set too high)
-starts a cooldown shared by all workers (``app.jobs.cooldown``) for the server's
+starts a cooldown shared by all workers (``app.core.cooldown``) for the server's
 Retry-After, else for the time the bucket takes to fill up again.
 """
 
@@ -20,12 +20,12 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from app.ai.errors import ProviderNotConfiguredError, ProviderRateLimitError
 from app.codegen import AgentRun, AgentRunLogs, AgentRunPage, CodegenClient
 from app.codegen.client import MAX_PAGE_SIZE
+from app.core.budget import BudgetExhausted, CodegenBudget, TokenBucket, get_codegen_budget
+from app.core.cooldown import CooldownStore, credential_digest, get_cooldowns
+from app.core.errors import ProviderNotConfiguredError, ProviderRateLimitError
 from app.jobs.agent_runs.schedule import ListPositions
-from app.jobs.budget import CodegenBudget, TokenBucket, get_codegen_budget
-from app.jobs.cooldown import CooldownStore, credential_digest, get_cooldowns
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -36,15 +36,6 @@ T = TypeVar("T")
 
 COOLDOWN_STANDARD = "codegen-runs"
 COOLDOWN_CREATE = "codegen-create"
-
-
-class BudgetExhausted(Exception):  # a signal to defer, not a failure
-    """No request was made: wait ``wait`` seconds (budget spent, or cooling down)."""
-
-    def __init__(self, wait: float, reason: str) -> None:
-        super().__init__(f"{reason}: wait {wait:.2f}s")
-        self.wait = max(0.0, wait)
-        self.reason = reason
 
 
 class CodegenGateway:

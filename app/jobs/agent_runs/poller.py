@@ -20,7 +20,7 @@ Codegen sends no webhooks, so every change is learnt by asking. A **poll round**
 4. **Record** each answer (``changes.observe``: events, callbacks, webhooks,
    artifacts, the next poll time) in a short transaction fenced by the claim.
 
-One round runs at a time (a lease per organization, ``app.jobs.lease``): a beat tick
+One round runs at a time (a lease per organization, ``app.core.lease``): a beat tick
 that finds a round still going only does the maintenance. Rounds side by side would
 split the budget between them and read the same pages twice.
 
@@ -45,21 +45,22 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, or_, select, update
 
-from app.ai.errors import AIProviderError
-from app.ai.retry import RetryPolicy
 from app.codegen import AgentRun, AgentRunLog
 from app.codegen.client import MAX_PAGE_SIZE
 from app.config import get_settings
+from app.core.budget import BudgetExhausted
+from app.core.cooldown import credential_digest
+from app.core.errors import AIProviderError
+from app.core.lease import get_leases
+from app.core.retry import RetryPolicy
 from app.db.agent_run_models import AgentRunRow, AgentRunState
 from app.db.base import utcnow
 from app.db.session import session_scope
 from app.jobs.agent_runs.changes import Notices, mark_stuck, observe, poll_failed, store_logs
-from app.jobs.agent_runs.codegen import BudgetExhausted, CodegenGateway, get_gateway
+from app.jobs.agent_runs.codegen import CodegenGateway, get_gateway
 from app.jobs.agent_runs.constants import TASK_CREATE, TASK_RESUME
 from app.jobs.agent_runs.schedule import worth_another_page
 from app.jobs.agent_runs.service import publish
-from app.jobs.cooldown import credential_digest
-from app.jobs.lease import get_leases
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -70,7 +71,7 @@ log = logging.getLogger(__name__)
 
 #: Seconds a round owns the runs it claimed (renewed at each of its steps).
 LEASE_SECONDS = 120.0
-#: One round at a time per organization (``app.jobs.lease``): its lease lasts this
+#: One round at a time per organization (``app.core.lease``): its lease lasts this
 #: long past the round's last sign of life (each call, or its next step's countdown).
 ROUND_LEASE = "agent-poll"
 LEASE_SLACK = 30.0

@@ -35,16 +35,27 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from app.ai.errors import AIProviderError, InvalidRequestError, ProviderNotFoundError
-from app.ai.retry import RetryPolicy
 from app.codegen import AGENT_TYPES, AgentRun
 from app.config import get_settings
+from app.core.budget import BudgetExhausted
+from app.core.errors import (
+    AgentRunNotFoundError,
+    AgentRunStateError,
+    AgentRunTimeoutError,
+    AIProviderError,
+    CodegenBudgetExhaustedError,
+    InvalidRequestError,
+    ProviderNotFoundError,
+    UnknownRemoteRunError,
+)
+from app.core.publisher import get_publisher
+from app.core.retry import RetryPolicy
 from app.db.agent_run_models import AgentRunEventRow, AgentRunRow, AgentRunState
 from app.db.base import utcnow
 from app.db.models import ArtifactRow
 from app.db.session import session_scope
 from app.jobs.agent_runs.changes import Notices, observe
-from app.jobs.agent_runs.codegen import BudgetExhausted, get_gateway
+from app.jobs.agent_runs.codegen import get_gateway
 from app.jobs.agent_runs.constants import (
     MARKER_KEY,
     SOURCE_SUBMITTED,
@@ -52,14 +63,6 @@ from app.jobs.agent_runs.constants import (
     TASK_CREATE,
     TASK_RESUME,
 )
-from app.jobs.agent_runs.errors import (
-    AgentRunNotFoundError,
-    AgentRunStateError,
-    AgentRunTimeoutError,
-    CodegenBudgetExhaustedError,
-    UnknownRemoteRunError,
-)
-from app.jobs.publisher import get_publisher
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -573,7 +576,10 @@ class AgentRunHandle:
             if deadline is not None and time.monotonic() >= deadline:
                 raise AgentRunTimeoutError(
                     f"agent run {self.id} still {record.state} ({record.remote_status}) "
-                    f"after {timeout}s"
+                    f"after {timeout}s",
+                    timeout_duration=timeout,
+                    run_id=record.remote_id,
+                    last_status=record.remote_status,
                 )
             time.sleep(
                 delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))

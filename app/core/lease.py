@@ -19,14 +19,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from app.jobs.cooldown import redis_url_for
+from app.core import keys
+from app.core.keys import redis_url_for
 
 if TYPE_CHECKING:
     from app.config import Settings
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "aiw:lease:"
+KEY_PREFIX = keys.LEASE
 
 #: KEYS[1] the lease; ARGV: token, ttl (ms; 0 = release). 1 if the caller holds it.
 _RENEW_OR_RELEASE = """

@@ -39,16 +39,18 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from app.jobs.cooldown import credential_digest, redis_url_for
+from app.core import keys
+from app.core.cooldown import credential_digest
+from app.core.keys import redis_url_for
 
 if TYPE_CHECKING:
     from app.config import Settings
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "aiw:budget:"
-STANDARD = "codegen:standard"
-CREATE = "codegen:create"
+KEY_PREFIX = keys.BUDGET
+STANDARD = keys.BUDGET_CODEGEN_STANDARD
+CREATE = keys.BUDGET_CODEGEN_CREATE
 #: The wait reported when the bucket store cannot be reached (nothing is granted then).
 UNREACHABLE_WAIT = 1.0
 
@@ -88,6 +90,15 @@ redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return {granted, string.format('%.6f', wait), string.format('%.6f', tokens)}
 """
+
+
+class BudgetExhausted(Exception):  # a signal to defer, not a failure
+    """No request was made: wait ``wait`` seconds (budget spent, or cooling down)."""
+
+    def __init__(self, wait: float, reason: str) -> None:
+        super().__init__(f"{reason}: wait {wait:.2f}s")
+        self.wait = max(0.0, wait)
+        self.reason = reason
 
 
 @dataclass(frozen=True)

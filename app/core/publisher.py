@@ -12,11 +12,11 @@ import threading
 from importlib.metadata import entry_points
 from typing import Protocol
 
+from app.core.errors import PublishError
+
 ENTRY_POINT_GROUP = "ai_worker.publishers"
 
-
-class PublishError(RuntimeError):
-    """The queue could not take the message. The job stays in the database for the sweep."""
+__all__ = ["ENTRY_POINT_GROUP", "PublishError", "Publisher", "get_publisher", "set_publisher"]
 
 
 class Publisher(Protocol):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import tenacity
 
-from app.ai.errors import AIProviderError
+from app.core.errors import AIProviderError
 
 if TYPE_CHECKING:
     from app.config import Settings

@@ -1,26 +1,38 @@
-"""One error tree for every provider, the Codegen client and the job layer.
+"""One error tree for every provider, the Codegen client, the job layer and the queue.
 
 Errors are classified by HTTP status code and exception type, never by words in
 a message. Each class says whether it is worth retrying (``retryable``) and
 whether a provider chain may move on to its next provider (``fallback``).
 
-    AIProviderError
-    ├── InvalidRequestError            bad input caught before any network call
-    │   └── UnknownProviderError
-    ├── ProviderUnavailableError       cannot be used now (not configured, cooling down, down)
-    │   ├── ProviderNotConfiguredError missing credentials
-    │   └── ProviderConnectionError    connection refused/reset/DNS (retryable)
-    ├── ProviderAuthenticationError    401 / 403
-    ├── ProviderQuotaError             402, or OpenAI's insufficient_quota
-    ├── ProviderBadRequestError        400 / 404 / 422
-    │   ├── ProviderNotFoundError      404
-    │   └── ContextTooLongError        the prompt does not fit the model
-    ├── ProviderRateLimitError         429 (``retry_after``)
-    ├── ProviderTimeoutError           timed out (``timeout_duration``), or 408
-    ├── ProviderConflictError          409
-    ├── ProviderServerError            5xx
-    ├── ProviderResponseError          a 2xx whose body is not what the API documents
-    └── AgentRunFailedError            a Codegen run ended FAILED/ERROR/CANCELLED/...
+    AIWorkerError                          the root: ``except AIWorkerError`` catches all of ours
+    ├── AIProviderError                    a provider (OpenAI, Codegen) or a request to one
+    │   ├── InvalidRequestError            bad input caught before any network call
+    │   │   └── UnknownProviderError
+    │   ├── ProviderUnavailableError       cannot be used now (not configured, down)
+    │   │   ├── ProviderNotConfiguredError missing credentials
+    │   │   └── ProviderConnectionError    connection refused/reset/DNS (retryable)
+    │   ├── ProviderAuthenticationError    401 / 403
+    │   ├── ProviderQuotaError             402, or OpenAI's insufficient_quota
+    │   ├── ProviderBadRequestError        400 / 404 / 422
+    │   │   ├── ProviderNotFoundError      404
+    │   │   └── ContextTooLongError        the prompt does not fit the model
+    │   ├── ProviderRateLimitError         429 (``retry_after``)
+    │   ├── ProviderTimeoutError           timed out (``timeout_duration``), or 408
+    │   │   └── AgentRunTimeoutError       a wait for a Codegen run ran out (a JobTimeoutError too)
+    │   ├── ProviderConflictError          409
+    │   ├── ProviderServerError            5xx
+    │   ├── ProviderResponseError          a 2xx whose body is not what the API documents
+    │   └── AgentRunFailedError            a Codegen run ended FAILED/ERROR/CANCELLED/...
+    ├── JobError                           following a job or a tracked run (not calling)
+    │   ├── JobNotFoundError               no such job
+    │   │   └── AgentRunNotFoundError      no such tracked run
+    │   │       └── UnknownRemoteRunError  Codegen has no such run: nothing tracked
+    │   ├── JobTimeoutError                ``wait(timeout)`` ran out; the job goes on
+    │   ├── JobNotFinishedError            ``result()`` of a job still going
+    │   ├── JobFailedError                 the job ended without an answer
+    │   ├── AgentRunStateError             not allowed in the run's state
+    │   └── CodegenBudgetExhaustedError    no Codegen request possible within the wait
+    └── PublishError                       the queue did not take a message (the sweep will)
 """
 
 from __future__ import annotations
@@ -28,7 +40,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
-class AIProviderError(Exception):
+class AIWorkerError(Exception):
+    """The root of every error ai-worker raises on purpose."""
+
+
+class AIProviderError(AIWorkerError):
     """Base of every error raised by the provider layer."""
 
     retryable: ClassVar[bool] = False
@@ -173,6 +189,93 @@ class AgentRunFailedError(AIProviderError):
         self.run_id = run_id
         self.run_status = run_status
 
+
+# --- following jobs and runs ----------------------------------------------------------
+
+
+class JobError(AIWorkerError):
+    """Base of the job layer's errors (following a job, not calling a provider)."""
+
+
+class JobNotFoundError(JobError, LookupError):
+    """No job has this id."""
+
+
+class JobTimeoutError(JobError, TimeoutError):
+    """``wait(timeout)`` ran out before the job ended. The job goes on."""
+
+
+class JobNotFinishedError(JobError):
+    """``result()`` was asked of a job that has not ended yet."""
+
+
+class JobFailedError(JobError):
+    """The job ended without an answer; ``error_type`` and ``message`` say why."""
+
+    def __init__(self, error_type: str | None, message: str | None, *, job_id: str) -> None:
+        super().__init__(f"job {job_id} failed: {error_type}: {message}")
+        self.error_type = error_type
+        self.message = message
+        self.job_id = job_id
+
+
+class AgentRunTimeoutError(ProviderTimeoutError, JobTimeoutError):
+    """A wait for a Codegen agent run reached its deadline before the run ended.
+
+    Raised by ``Task.wait_for_completion`` and ``AgentRunHandle.wait``; the run goes on
+    on Codegen's side. A ``ProviderTimeoutError`` (``timeout_duration`` is the wait's
+    timeout) but *not* retryable: trying the request again would start a second run;
+    follow the same run instead (``agent.get(run_id)``, ``get_agent_run(id)``).
+    """
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: int | None = None,
+        last_status: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.run_id = run_id
+        self.last_status = last_status
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "run_id": self.run_id, "last_status": self.last_status}
+
+
+class AgentRunNotFoundError(JobNotFoundError):
+    """No tracked agent run has this id."""
+
+
+class UnknownRemoteRunError(AgentRunNotFoundError):
+    """Codegen has no agent run with this id in the organization: nothing was tracked."""
+
+    def __init__(self, message: str, *, remote_id: int) -> None:
+        super().__init__(message)
+        self.remote_id = remote_id
+
+
+class AgentRunStateError(JobError):
+    """The run is not in a state that allows this (e.g. resuming a run still being created)."""
+
+
+class CodegenBudgetExhaustedError(JobError):
+    """No Codegen request could be made within the wait allowed: the shared budget (60
+    requests per 30 s) is spent by other work. Try again in ``wait`` seconds."""
+
+    def __init__(self, message: str, *, wait: float) -> None:
+        super().__init__(message)
+        self.wait = wait
+
+
+class PublishError(AIWorkerError, RuntimeError):
+    """The queue could not take the message. The row stays in the database for the sweep."""
+
+
+# --- HTTP statuses ------------------------------------------------------------------------
 
 _BY_STATUS: dict[int, type[AIProviderError]] = {
     400: ProviderBadRequestError,

@@ -16,10 +16,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from app.core import keys
+from app.core.keys import redis_url_for
+
 if TYPE_CHECKING:
     from app.config import Settings
 
-KEY_PREFIX = "aiw:cooldown:"
+KEY_PREFIX = keys.COOLDOWN
 
 
 def credential_digest(settings: Settings, provider: str) -> str:
@@ -71,12 +74,6 @@ class MemoryCooldowns:
         with self._lock:
             return max(0.0, self._until.get(name, 0.0) - time.monotonic())
 
-
-def redis_url_for(settings: Settings) -> str | None:
-    if settings.redis_url:
-        return settings.redis_url
-    broker = settings.celery_broker_url or ""
-    return broker if broker.startswith(("redis://", "rediss://")) else None
 
 
 _stores: dict[str | None, CooldownStore] = {}
