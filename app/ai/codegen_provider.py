@@ -3,10 +3,11 @@
     provider = CodegenProvider()                       # CODEGEN_TOKEN, CODEGEN_ORG_ID
     answer = provider.generate_response(
         "Add a CHANGELOG entry for 1.2", system_prompt="Be brief.",
-        repo_id=7, tags=["release"],
+        repository="octo/shop", branch="main", priority="normal", tags=["release"],
     )
     answer.content                  # the run's result (or its summary)
     answer.metadata["web_url"], answer.metadata["pull_requests"]
+    provider.get_enhanced_stats()   # calls, and runs by Codegen status (here and tracked)
 
 One ``generate_response`` is one agent run: the prompt (with the system prompt put
 in front under a heading, since Codegen takes a single ``prompt``) starts a run,
@@ -16,15 +17,24 @@ and the call blocks in ``Task.wait_for_completion`` for up to
 block a thread for minutes, ``start_run`` returns the ``Task`` at once and
 ``response_from_task`` turns a finished one into an ``AIResponse`` later.
 
-Provider-specific options (``request.extra``): ``repo_id`` (int), ``metadata``
-(dict, stored with the run), ``tags`` (list of str, merged into
-``metadata["tags"]``), ``images`` (base64 data URIs) and ``agent_type``
-(``codegen`` | ``claude_code``). Any other option is refused before any call.
-``temperature`` and ``max_tokens`` mean nothing to an agent and are ignored, and so
-are the chat function-calling options ``tools``, ``tool_choice`` and
-``parallel_tool_calls``: an agent answers in text, so a request that asks for a tool
-answer (graph-sitter's ``set_answer``) falling back to Codegen gets the run's result
-as its content.
+Every request (creation, polls, the repository list) takes a token from the Codegen
+budget shared with the workers (``app.core.budget``; ``limiter=None`` switches it
+off), so blocking calls from many threads or processes do not cause 429s.
+
+Provider-specific options (``request.extra``), checked before any call by
+``app.codegen.options.build_run_input`` (the same function the job path uses):
+``repo_id`` (int), ``repository`` (``owner/repo``, resolved to its ``repo_id``
+through the organization's repository list, cached a few minutes; an unknown name is
+refused before any run is created), ``branch`` (told in the prompt and kept in
+``metadata["branch"]``), ``priority`` (``high`` | ``normal`` | ``low``, in
+``metadata["priority"]``), ``metadata`` (dict, stored with the run), ``tags`` (list
+of str, merged into ``metadata["tags"]``), ``images`` (base64 data URIs) and
+``agent_type`` (``codegen`` | ``claude_code``). Any other option is refused before
+any call. ``temperature`` and ``max_tokens`` mean nothing to an agent and are
+ignored, and so are the chat function-calling options ``tools``, ``tool_choice``
+and ``parallel_tool_calls``: an agent answers in text, so a request that asks for a
+tool answer (graph-sitter's ``set_answer``) falling back to Codegen gets the run's
+result as its content.
 
 Models: Codegen lists none; a run uses the organization's default model unless
 ``model`` names another, which is passed through as is. ``get_available_models``
@@ -34,10 +44,12 @@ is zero and ``cost_usd`` is ``None``.
 
 Errors: a run ending in any terminal status but ``COMPLETE`` is
 ``AgentRunFailedError``; a run still going at the deadline is
-``AgentRunTimeoutError`` (not retried: retrying would start a second run).
-Creating a run is retried by ``generate_response`` on 429/5xx like any request;
-a creation that times out *may* have started a run on Codegen's side (the API has
-no idempotency key), so a retry after a timeout can leave a stray run behind.
+``AgentRunTimeoutError`` (not retried: retrying would start a second run); no
+budget token within the limiter's wait is ``CodegenBudgetTimeoutError`` (nothing
+sent; a chain falls back). Creating a run is retried by ``generate_response`` on
+429/5xx like any request; a creation that times out *may* have started a run on
+Codegen's side (the API has no idempotency key), so a retry after a timeout can
+leave a stray run behind.
 """
 
 from __future__ import annotations
@@ -46,10 +58,20 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from app.ai.base import AIProvider, AIRequest, AIResponse, Usage
+from app.ai.codegen_stats import RunRecord, combine, tracked_runs
 from app.codegen import Agent, Task
+from app.codegen.options import DEFAULT_MODEL as DEFAULT_MODEL
+from app.codegen.options import (
+    IGNORED_OPTIONS,
+    OPTIONS,
+    RunInput,
+    build_run_input,
+    resolve_run_input,
+)
+from app.codegen.options import compose_prompt as compose_prompt
 from app.core.errors import (
     AgentRunFailedError,
     InvalidRequestError,
@@ -60,16 +82,7 @@ from app.core.errors import (
 if TYPE_CHECKING:
     from app.ai.pricing import PriceTable
     from app.config import Settings
-
-#: The model name of an answer when no model was asked for (the organization's default).
-DEFAULT_MODEL = "codegen-agent"
-
-
-def compose_prompt(prompt: str, system_prompt: str | None) -> str:
-    """One prompt for Codegen: the system prompt first, under its own heading."""
-    if not system_prompt or not system_prompt.strip():
-        return prompt
-    return f"## Instructions\n\n{system_prompt.strip()}\n\n## Task\n\n{prompt}"
+    from app.core.budget import CodegenLimiter
 
 
 class CodegenProvider(AIProvider):
@@ -77,13 +90,9 @@ class CodegenProvider(AIProvider):
 
     name: ClassVar[str] = "codegen"
     #: The provider-specific options ``generate_response`` accepts.
-    EXTRA_OPTIONS: ClassVar[frozenset[str]] = frozenset(
-        {"repo_id", "metadata", "tags", "images", "agent_type"}
-    )
+    EXTRA_OPTIONS: ClassVar[frozenset[str]] = OPTIONS
     #: Chat options accepted and ignored (an agent has no function calling).
-    IGNORED_OPTIONS: ClassVar[frozenset[str]] = frozenset(
-        {"tools", "tool_choice", "parallel_tool_calls"}
-    )
+    IGNORED_OPTIONS: ClassVar[frozenset[str]] = IGNORED_OPTIONS
 
     def __init__(
         self,
@@ -94,12 +103,16 @@ class CodegenProvider(AIProvider):
         prices: PriceTable | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        limiter: CodegenLimiter | Literal["shared"] | None = "shared",
     ) -> None:
+        """``limiter``: see ``Agent`` (default: the shared budget of the configured token)."""
         super().__init__(settings=settings, timeout=timeout, max_retries=max_retries, prices=prices)
         self._sleep = sleep
         self._clock = clock
+        self._limiter = limiter
         self._agent: Agent | None = None
         self._agent_lock = threading.Lock()
+        self._runs = RunRecord()
 
     # --- AIProvider -------------------------------------------------------------------
     def default_timeout(self) -> float:
@@ -169,44 +182,50 @@ class CodegenProvider(AIProvider):
             retry_policy=self.retry_policy,
             sleep=self._sleep,
             clock=self._clock,
+            limiter=self._limiter,
+            settings=s,
+        )
+
+    def run_input(self, request: AIRequest) -> RunInput:
+        """The run's creation input for ``request``, checked (no network call).
+
+        ``app.codegen.options.build_run_input`` over the request's prompt, system prompt,
+        options and model: ``InvalidRequestError`` for an unknown or bad option.
+        ``repository`` is still to resolve (``start_run`` does it).
+        """
+        return build_run_input(
+            request.prompt, request.system_prompt, request.extra, model=request.model
         )
 
     def run_options(self, request: AIRequest) -> dict[str, Any]:
-        """``Agent.run`` keyword arguments from a request; unknown options are refused."""
-        extra = {k: v for k, v in request.extra.items() if k not in self.IGNORED_OPTIONS}
-        unknown = sorted(set(extra) - self.EXTRA_OPTIONS)
-        if unknown:
-            raise InvalidRequestError(
-                f"codegen does not take option(s) {', '.join(unknown)}; it takes "
-                f"{', '.join(sorted(self.EXTRA_OPTIONS))}",
-                provider_name=self.name,
-            )
-        metadata = extra.get("metadata")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise InvalidRequestError("metadata must be a dict", provider_name=self.name)
-        tags = extra.get("tags")
-        if tags is not None:
-            if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
-                raise InvalidRequestError("tags must be a list of strings", provider_name=self.name)
-            metadata = dict(metadata or {})
-            earlier = metadata.get("tags")
-            merged = list(earlier) if isinstance(earlier, list) else []
-            metadata["tags"] = list(dict.fromkeys([*merged, *tags]))
+        """``Agent.run`` keyword arguments from a request; unknown options are refused.
+
+        ``repo_id`` is ``None`` while a ``repository`` is not resolved (``start_run``).
+        """
+        run_input = self.run_input(request)
         options: dict[str, Any] = {
-            "metadata": metadata,
-            "repo_id": extra.get("repo_id"),
-            "images": extra.get("images"),
-            "agent_type": extra.get("agent_type"),
+            "metadata": run_input.metadata,
+            "repo_id": run_input.repo_id,
+            "images": run_input.images,
+            "agent_type": run_input.agent_type,
         }
-        if request.model is not None and request.model != DEFAULT_MODEL:
-            options["model"] = request.model
+        if run_input.model is not None:
+            options["model"] = run_input.model
         return options
 
     def start_run(self, request: AIRequest) -> Task:
-        """Start the agent run for ``request`` and return its ``Task`` without waiting."""
+        """Start the agent run for ``request`` and return its ``Task`` without waiting.
+
+        Checks the options first, then resolves ``repository`` (one listing of the
+        organization's repositories, cached), then creates the run.
+        """
         self.require_configured()
-        options = self.run_options(request)
-        return self.agent.run(compose_prompt(request.prompt, request.system_prompt), **options)
+        run_input = self.run_input(request)
+        run_input = resolve_run_input(run_input, self.agent.client)
+        task = self.agent.run(run_input.prompt, **run_input.create_kwargs())
+        self._runs.started(task.id, task.status)
+        task.add_status_callback(lambda old, new: self._runs.seen(task.id, new))
+        return task
 
     def response_from_task(
         self,
@@ -216,6 +235,7 @@ class CodegenProvider(AIProvider):
         response_time: timedelta = timedelta(0),
     ) -> AIResponse:
         """The ``AIResponse`` of a finished run; ``AgentRunFailedError`` unless COMPLETE."""
+        self._runs.seen(task.id, task.status)
         if not task.is_terminal:
             raise InvalidRequestError(
                 f"agent run {task.id} has not ended (status {task.status!r})",
@@ -246,6 +266,37 @@ class CodegenProvider(AIProvider):
                 "summary": task.summary,
             },
         )
+
+    def get_enhanced_stats(self, *, include_tracked: bool = True) -> dict[str, Any]:
+        """``get_stats()`` plus the agent runs, by Codegen status. A JSON-able dict.
+
+        Every key of ``get_stats()`` (``success_rate`` there is the share of calls that
+        answered), and:
+
+        - ``task_count``: agent runs counted, each once: those this provider started in
+          this process and those tracked in the database (``agent_runs``, the workers'
+          runs, queued work included);
+        - ``runs_by_state``: those runs by Codegen's status, verbatim
+          (``{"COMPLETE": 3, "FAILED": 1, "ACTIVE": 2}``; ``NO_STATUS`` for a run not
+          created yet); a run in both places counts with the database's status;
+        - ``task_success_rate``: ``COMPLETE`` runs / runs that ended (``None``: none);
+        - ``local``: ``task_count``, ``runs_by_state``, ``task_success_rate`` of the
+          runs this provider started here (last status seen by this process);
+        - ``tracked``: the same of the database's runs, plus ``by_tracking_state``
+          (ai-worker's ``active``, ``finished``, ``stuck``, ...); ``None`` when there is
+          no database, it cannot be read, or ``include_tracked=False``;
+        - ``tracked_error``: why ``tracked`` is ``None`` (``None`` otherwise).
+
+        Reads the database once (a database that cannot be reached is reported, not
+        raised); no Codegen request.
+        """
+        local = self._runs.snapshot()
+        tracked, error = None, None
+        if include_tracked:
+            tracked, error = tracked_runs(self.settings, local.keys())
+        else:
+            error = "not asked (include_tracked=False)"
+        return {**self.get_stats(), **combine(local, tracked, error)}
 
     def close(self) -> None:
         """Close the HTTP connection pool, if one was made."""

@@ -13,9 +13,17 @@ a wait loop that sleeps between polls, backs off on 429/5xx/timeouts/garbled
 bodies with the shared ``RetryPolicy`` and gives up at a deadline; status callbacks;
 logs; resume.
 
-Codegen sends no webhooks: polling is the only way to see a change. Mind the budget
-of 60 requests per 30 seconds shared by everything using the same token; one waiting
-task with the default 5 s interval spends 6 of them a 30 s window.
+Codegen sends no webhooks: polling is the only way to see a change. Codegen allows
+60 requests per 30 seconds and 10 creations a minute per token; one waiting task with
+the default 5 s interval spends 6 of them a 30 s window. So every request of an
+``Agent`` (creating, polling, logs, resume, listing) first takes a token from the
+budget shared with the workers and every other ``Agent`` of the same token and
+organization (``app.core.budget``: in Redis when ``REDIS_URL`` or a ``redis://``
+broker is set, else in this process), waiting for it if need be, and a 429 makes
+all of them wait out a shared cooldown. ``Agent(..., limiter=None)`` switches that
+off; ``limiter=`` any ``CodegenLimiter`` replaces it. A request that cannot get a
+token within ``DEFAULT_MAX_WAIT`` seconds raises ``CodegenBudgetTimeoutError``
+(a ``CodegenBudgetExhaustedError``); a ``wait_for_completion`` just polls later.
 
 A ``Task`` is meant for one thread at a time; an ``Agent`` (and its client) may be
 shared.
@@ -26,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import SecretStr
 
@@ -40,9 +48,11 @@ from app.codegen.client import (
 )
 from app.codegen.models import AgentRun, AgentRunLog, PullRequest
 from app.config import get_settings
+from app.core.budget import CodegenLimiter, blocking_limiter, wait_at_most
 from app.core.errors import (
     AgentRunTimeoutError,
     AIProviderError,
+    CodegenBudgetExhaustedError,
     InvalidRequestError,
     ProviderNotConfiguredError,
 )
@@ -59,6 +69,8 @@ DEFAULT_POLL_INTERVAL = 5.0
 StatusCallback = Callable[[str | None, str | None], None]
 #: ``callback(task)``, called after every successful poll of a wait.
 ProgressCallback = Callable[["Task"], None]
+#: ``limiter="shared"``: the blocking limiter on the shared budget of the agent's token.
+SHARED: Final = "shared"
 
 
 def _positive(name: str, value: float | None) -> float | None:
@@ -74,7 +86,13 @@ class Agent:
 
     ``timeout`` is per HTTP request (default 30 s). ``poll_interval`` is the default
     pause between polls of ``Task.wait_for_completion``; ``retry_policy`` gives the
-    backoff after a failed poll. ``sleep`` and ``clock`` are injectable for tests.
+    backoff after a failed poll. ``sleep`` and ``clock`` are injectable for tests
+    (they drive the wait loop, not the budget's waits, which are real time).
+
+    ``limiter`` (default ``"shared"``): every request waits for a token of the shared
+    Codegen budget of this token and organization (``app.core.budget.blocking_limiter``,
+    with the Redis and the limits of ``settings``, default ``get_settings()``);
+    ``None``: no budget; or any ``CodegenLimiter``.
     """
 
     def __init__(
@@ -88,10 +106,26 @@ class Agent:
         retry_policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        limiter: CodegenLimiter | Literal["shared"] | None = SHARED,
+        settings: Settings | None = None,
     ) -> None:
+        shared = isinstance(limiter, str) and limiter == SHARED
+        hooks = ("before_request", "rate_limited")
+        if not shared and limiter is not None and (
+            isinstance(limiter, str) or not all(callable(getattr(limiter, n, None)) for n in hooks)
+        ):
+            raise InvalidRequestError(
+                f"limiter must be 'shared', None or a CodegenLimiter, got {limiter!r}"
+            )
         self.client = CodegenClient(
             org_id, token, base_url, timeout=DEFAULT_TIMEOUT if timeout is None else timeout
         )
+        if shared:
+            self.client.limiter = blocking_limiter(
+                settings or get_settings(), self.client.budget_digest
+            )
+        elif limiter is not None and not isinstance(limiter, str):
+            self.client.limiter = limiter
         self.poll_interval = _positive("poll_interval", poll_interval) or DEFAULT_POLL_INTERVAL
         self.retry_policy = retry_policy or RetryPolicy()
         self.sleep = sleep
@@ -110,6 +144,7 @@ class Agent:
             "retry_policy",
             RetryPolicy.from_settings(settings, max_retries=settings.codegen_max_retries),
         )
+        kwargs.setdefault("settings", settings)
         return cls(
             settings.codegen_org_id,
             settings.codegen_token,
@@ -121,6 +156,11 @@ class Agent:
     @property
     def org_id(self) -> int:
         return self.client.org_id
+
+    @property
+    def limiter(self) -> CodegenLimiter | None:
+        """What every request of this agent asks first (``None``: nothing)."""
+        return self.client.limiter
 
     def run(
         self,
@@ -256,10 +296,12 @@ class Task:
         Sleeps ``poll_interval`` (default: the agent's) between polls, never less.
         A poll that fails with a retryable error (429, 5xx, timeout, connection,
         garbled body) is followed by the retry policy's backoff (the server's
-        ``Retry-After`` if any; at least ``poll_interval``) and polling goes on; any
-        other error is raised. ``progress_callback(task)`` runs after every
-        successful poll (an exception from it ends the wait). When ``timeout`` seconds
-        have passed, raises ``AgentRunTimeoutError`` (a ``ProviderTimeoutError`` with
+        ``Retry-After`` if any; at least ``poll_interval``) and polling goes on; a poll
+        that found no token of the shared budget in time (``CodegenBudgetExhaustedError``,
+        nothing sent) is tried again once the budget says; any other error is raised.
+        ``progress_callback(task)`` runs after every successful poll (an exception from
+        it ends the wait). When ``timeout`` seconds have passed, raises
+        ``AgentRunTimeoutError`` (a ``ProviderTimeoutError`` with
         ``timeout_duration=timeout``); the run itself goes on. A run that does not
         finish by itself (``PAUSED``, an unknown status) is waited for until then.
         """
@@ -269,6 +311,7 @@ class Task:
         deadline = None if timeout is None else agent.clock() + timeout
         delay = interval
         failed_polls = 0
+        remaining: float | None = None
         while not self.is_terminal:
             if deadline is not None:
                 remaining = deadline - agent.clock()
@@ -284,7 +327,15 @@ class Task:
                 delay = min(delay, remaining)
             agent.sleep(delay)
             try:
-                self.refresh()
+                if remaining is None:
+                    self.refresh()
+                else:  # a poll waits for the budget no longer than the wait's deadline
+                    with wait_at_most(max(0.0, remaining - delay)):
+                        self.refresh()
+            except CodegenBudgetExhaustedError as spent:
+                delay = max(interval, spent.wait)
+                log.info("codegen run %d: no budget for a poll; next in %.2fs", self.id, delay)
+                continue
             except AIProviderError as error:
                 if not error.retryable:
                     raise

@@ -4,6 +4,7 @@
     run = client.create_run("Fix the flaky test in tests/test_io.py", repo_id=7)
     run = client.get_run(run.id)          # AgentRun, status verbatim ("PENDING", ...)
     for run in client.iter_runs(): ...    # every run, newest first, 100 a request
+    client.find_repo_id("octo/shop")      # repo_id of a repository (cached map)
 
 What it guarantees:
 
@@ -21,13 +22,19 @@ What it guarantees:
   a request by itself.
 - One pooled ``requests.Session`` (connection pool sized for many threads) serves
   every call; the client may be shared between threads.
+- With a ``limiter`` (``app.core.budget.CodegenLimiter``), every HTTP request first
+  calls ``limiter.before_request(kind)`` (``"create"`` for a new run, ``"standard"``
+  for the rest), and a 429 answer calls ``limiter.rate_limited(kind, retry_after)``.
+  ``Agent`` gives its client the blocking limiter of the shared budget; a client made
+  without one (the workers' gateway, which pays for its requests itself) is charged
+  nothing.
 - The token appears in no ``repr``, no error and no log line.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -36,11 +43,32 @@ import requests
 from pydantic import BaseModel, SecretStr, ValidationError
 from requests.adapters import HTTPAdapter
 
-from app.codegen.models import AgentRun, AgentRunLog, AgentRunLogs, AgentRunPage
+from app.codegen.checks import AGENT_TYPES as AGENT_TYPES  # re-exported
+from app.codegen.checks import MAX_PAGE_SIZE as MAX_PAGE_SIZE
+from app.codegen.checks import (
+    check_agent_type,
+    check_id,
+    check_images,
+    check_metadata,
+    check_model,
+    check_page,
+    check_prompt,
+)
+from app.codegen.models import (
+    AgentRun,
+    AgentRunLog,
+    AgentRunLogs,
+    AgentRunPage,
+    Repo,
+    RepoPage,
+)
+from app.codegen.repos import RepoResolver
+from app.core.budget import CodegenLimiter, RequestKind, codegen_digest
 from app.core.errors import (
     InvalidRequestError,
     ProviderConnectionError,
     ProviderNotConfiguredError,
+    ProviderRateLimitError,
     ProviderResponseError,
     ProviderTimeoutError,
     error_for_status,
@@ -54,58 +82,8 @@ DEFAULT_BASE_URL = "https://api.codegen.com"
 DEFAULT_TIMEOUT = 30.0
 #: Connections kept per host: enough for a worker process with many threads.
 DEFAULT_POOL_SIZE = 32
-#: ``limit`` of the list and logs endpoints is 1..100.
-MAX_PAGE_SIZE = 100
-#: ``CreateAgentRunInput.agent_type``.
-AGENT_TYPES: frozenset[str] = frozenset({"codegen", "claude_code"})
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def _check_id(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidRequestError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _check_prompt(prompt: object) -> str:
-    if not isinstance(prompt, str):
-        raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}")
-    if not prompt.strip():
-        raise InvalidRequestError("prompt is empty")
-    return prompt
-
-
-def _check_page(skip: object, limit: object) -> None:
-    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
-        raise InvalidRequestError(f"skip must be an integer >= 0, got {skip!r}")
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-        raise InvalidRequestError(
-            f"limit must be an integer between 1 and {MAX_PAGE_SIZE}, got {limit!r}"
-        )
-
-
-def _check_images(images: object) -> list[str] | None:
-    if images is None:
-        return None
-    if isinstance(images, str | bytes) or not isinstance(images, Sequence):
-        raise InvalidRequestError("images must be a list of base64 data URI strings")
-    for image in images:
-        if not isinstance(image, str) or not image.strip():
-            raise InvalidRequestError("images must be a list of base64 data URI strings")
-    return list(images)
-
-
-def _check_metadata(metadata: object) -> dict[str, Any] | None:
-    if metadata is None:
-        return None
-    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
-        raise InvalidRequestError("metadata must be a JSON object (a dict with string keys)")
-    try:
-        json.dumps(metadata, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequestError(f"metadata is not JSON-serializable: {exc}") from None
-    return dict(metadata)
 
 
 def _error_message(resp: requests.Response) -> str:
@@ -157,12 +135,13 @@ class CodegenClient:
         session: requests.Session | None = None,
         *,
         pool_size: int = DEFAULT_POOL_SIZE,
+        limiter: CodegenLimiter | None = None,
     ) -> None:
         if org_id is None:
             raise ProviderNotConfiguredError(
                 "Codegen organization id is missing (CODEGEN_ORG_ID)", provider_name=PROVIDER_NAME
             )
-        self.org_id = _check_id("org_id", org_id)
+        self.org_id = check_id("org_id", org_id)
         secret = token if isinstance(token, SecretStr) else SecretStr(token or "")
         if not secret.get_secret_value().strip():
             raise ProviderNotConfiguredError(
@@ -177,6 +156,15 @@ class CodegenClient:
         self.timeout = float(timeout)
         self._owns_session = session is None
         self.session = session if session is not None else make_session(pool_size)
+        #: Asked before every request (``None``: nothing is charged).
+        self.limiter = limiter
+        self._repo_resolver: RepoResolver | None = None
+        self._resolver_lock = threading.Lock()
+
+    @property
+    def budget_digest(self) -> str:
+        """``codegen_digest`` of this client's token and organization (not the token)."""
+        return codegen_digest(self._token.get_secret_value(), self.org_id)
 
     # --- agent runs -------------------------------------------------------------------
     def create_run(
@@ -190,36 +178,32 @@ class CodegenClient:
         agent_type: str | None = None,
     ) -> AgentRun:
         """``POST .../agent/run``: start an agent run (Codegen allows 10 a minute)."""
-        body: dict[str, Any] = {"prompt": _check_prompt(prompt)}
-        checked_images = _check_images(images)
+        body: dict[str, Any] = {"prompt": check_prompt(prompt)}
+        checked_images = check_images(images)
         if checked_images is not None:
             body["images"] = checked_images
-        checked_metadata = _check_metadata(metadata)
+        checked_metadata = check_metadata(metadata)
         if checked_metadata is not None:
             body["metadata"] = checked_metadata
         if repo_id is not None:
-            body["repo_id"] = _check_id("repo_id", repo_id)
+            body["repo_id"] = check_id("repo_id", repo_id)
         if model is not None:
-            if not isinstance(model, str) or not model.strip():
-                raise InvalidRequestError(f"model must be a non-empty string, got {model!r}")
-            body["model"] = model
+            body["model"] = check_model(model)
         if agent_type is not None:
-            if agent_type not in AGENT_TYPES:
-                raise InvalidRequestError(
-                    f"agent_type must be one of {sorted(AGENT_TYPES)}, got {agent_type!r}"
-                )
-            body["agent_type"] = agent_type
-        data = self._request("POST", f"{self._org_path}/agent/run", json_body=body)
+            body["agent_type"] = check_agent_type(agent_type)
+        data = self._request(
+            "POST", f"{self._org_path}/agent/run", json_body=body, kind="create"
+        )
         return self._parse(AgentRun, data)
 
     def get_run(self, run_id: int) -> AgentRun:
         """``GET .../agent/run/{id}``: the run as it is now."""
-        run_id = _check_id("run_id", run_id)
+        run_id = check_id("run_id", run_id)
         return self._parse(AgentRun, self._request("GET", f"{self._org_path}/agent/run/{run_id}"))
 
     def list_runs(self, skip: int = 0, limit: int = MAX_PAGE_SIZE) -> AgentRunPage:
         """``GET .../agent/runs``: one page of the organization's runs, newest first."""
-        _check_page(skip, limit)
+        check_page(skip, limit)
         data = self._request(
             "GET", f"{self._org_path}/agent/runs", params={"skip": skip, "limit": limit}
         )
@@ -231,7 +215,7 @@ class CodegenClient:
         Runs created while paging push older ones down a page; a run already yielded
         is not yielded again.
         """
-        _check_page(0, page_size)
+        check_page(0, page_size)
         return self._iter_runs(page_size)
 
     def _iter_runs(self, page_size: int) -> Iterator[AgentRun]:
@@ -252,10 +236,10 @@ class CodegenClient:
     ) -> AgentRun:
         """``POST .../agent/run/resume``: give a paused (or finished) run a new prompt."""
         body: dict[str, Any] = {
-            "agent_run_id": _check_id("run_id", run_id),
-            "prompt": _check_prompt(prompt),
+            "agent_run_id": check_id("run_id", run_id),
+            "prompt": check_prompt(prompt),
         }
-        checked_images = _check_images(images)
+        checked_images = check_images(images)
         if checked_images is not None:
             body["images"] = checked_images
         data = self._request("POST", f"{self._org_path}/agent/run/resume", json_body=body)
@@ -268,8 +252,8 @@ class CodegenClient:
 
         Logs come oldest first (``reverse=True``: newest first). The endpoint is ALPHA.
         """
-        run_id = _check_id("run_id", run_id)
-        _check_page(skip, limit)
+        run_id = check_id("run_id", run_id)
+        check_page(skip, limit)
         params: dict[str, Any] = {"skip": skip, "limit": limit}
         if reverse:
             params["reverse"] = "true"
@@ -282,8 +266,8 @@ class CodegenClient:
 
     def iter_logs(self, run_id: int, page_size: int = MAX_PAGE_SIZE) -> Iterator[AgentRunLog]:
         """Every log entry of a run, oldest first, ``page_size`` a request."""
-        _check_id("run_id", run_id)
-        _check_page(0, page_size)
+        check_id("run_id", run_id)
+        check_page(0, page_size)
         return self._iter_logs(run_id, page_size)
 
     def _iter_logs(self, run_id: int, page_size: int) -> Iterator[AgentRunLog]:
@@ -297,6 +281,47 @@ class CodegenClient:
             ):
                 return
 
+    # --- repositories -----------------------------------------------------------------
+    def list_repos(self, skip: int = 0, limit: int = MAX_PAGE_SIZE) -> RepoPage:
+        """``GET .../repos``: one page of the organization's repositories."""
+        check_page(skip, limit)
+        data = self._request(
+            "GET", f"{self._org_path}/repos", params={"skip": skip, "limit": limit}
+        )
+        return self._parse(RepoPage, data)
+
+    def iter_repos(self, page_size: int = MAX_PAGE_SIZE) -> Iterator[Repo]:
+        """Every repository of the organization, ``page_size`` a request."""
+        check_page(0, page_size)
+        return self._iter_repos(page_size)
+
+    def _iter_repos(self, page_size: int) -> Iterator[Repo]:
+        skip = 0
+        while True:
+            page = self.list_repos(skip=skip, limit=page_size)
+            yield from page.items
+            skip += len(page.items)
+            if len(page.items) < page_size or skip >= page.total:
+                return
+
+    @property
+    def repo_resolver(self) -> RepoResolver:
+        """This client's cached ``owner/repo`` -> ``repo_id`` map (made on first use)."""
+        with self._resolver_lock:
+            if self._repo_resolver is None:
+                self._repo_resolver = RepoResolver(
+                    lambda skip, limit: self.list_repos(skip=skip, limit=limit)
+                )
+            return self._repo_resolver
+
+    def find_repo_id(self, full_name: str) -> int:
+        """The ``repo_id`` of ``owner/repo`` (cached a few minutes, see ``app.codegen.repos``).
+
+        ``InvalidRequestError`` if the name is malformed (no request) or the
+        organization has no such repository.
+        """
+        return self.repo_resolver.find_repo_id(full_name)
+
     # --- plumbing ---------------------------------------------------------------------
     @property
     def _org_path(self) -> str:
@@ -309,8 +334,14 @@ class CodegenClient:
         *,
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
+        kind: RequestKind = "standard",
     ) -> Any:
-        """One HTTP call; the decoded JSON body of a 2xx, else an ``AIProviderError``."""
+        """One HTTP call; the decoded JSON body of a 2xx, else an ``AIProviderError``.
+
+        The limiter (if any) is asked first and hears of a 429.
+        """
+        if self.limiter is not None:
+            self.limiter.before_request(kind)
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
         started = time.perf_counter()
         try:
@@ -340,13 +371,16 @@ class CodegenClient:
         request_id = resp.headers.get("x-request-id")
         log.debug("codegen %s %s -> %d in %.3fs", method, path, resp.status_code, elapsed)
         if not 200 <= resp.status_code < 300:
-            raise error_for_status(
+            error = error_for_status(
                 resp.status_code,
                 f"Codegen {method} {path}: {_error_message(resp)}",
                 provider_name=PROVIDER_NAME,
                 request_id=request_id,
                 retry_after=parse_retry_after(resp.headers),
             )
+            if isinstance(error, ProviderRateLimitError) and self.limiter is not None:
+                self.limiter.rate_limited(kind, error.retry_after)
+            raise error
         try:
             return resp.json()
         except ValueError:

@@ -96,3 +96,33 @@ class AgentRunLogs(_RunFields):
     page: int | None = None
     size: int | None = None
     pages: int | None = None
+
+
+class Repo(_Model):
+    """``RepoResponse``: a repository of the organization.
+
+    ``full_name`` is GitHub's ``owner/repo``; ``id`` is what ``repo_id`` of a new run
+    takes. The document marks every field required; only the three that matter here
+    are, so a sparser server answer still parses.
+    """
+
+    id: int
+    name: str
+    full_name: str
+    description: str | None = None
+    github_id: str | None = None
+    organization_id: int | None = None
+    visibility: str | None = None
+    archived: bool | None = None
+    setup_status: str | None = None
+    language: str | None = None
+
+
+class RepoPage(_Model):
+    """``Page[RepoResponse]``: one page of ``GET .../repos``."""
+
+    items: list[Repo]
+    total: int
+    page: int
+    size: int
+    pages: int

@@ -12,7 +12,10 @@ It follows ``shared/reference/codegen-openapi3.json`` and EXTERNAL.md:
 - ``POST /v1/organizations/{org_id}/agent/run`` (``CreateAgentRunInput``),
   ``GET .../agent/run/{id}``, ``GET .../agent/runs?skip=&limit=`` (newest first,
   ``{items, total, page, size, pages}``), ``POST .../agent/run/resume`` and
-  ``GET /v1/alpha/organizations/{org_id}/agent/run/{id}/logs?skip=&limit=&reverse=``.
+  ``GET /v1/alpha/organizations/{org_id}/agent/run/{id}/logs?skip=&limit=&reverse=``
+  and ``GET .../repos?skip=&limit=`` (``Page[RepoResponse]``, by id; the
+  repositories are ``repos=["owner/name", ...]`` or ``add_repo(...)``, by default
+  ``codegen-sandbox/repo-1`` and ``codegen-sandbox/repo-2``).
 - Request validation as FastAPI does it, before anything else: 422
   ``{"detail": [{"type", "loc", "msg", "input"}]}`` (missing or empty prompt, ``limit``
   outside 1..100, a non-integer id, an unknown ``agent_type``, ...). An unknown path
@@ -49,7 +52,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -60,6 +63,7 @@ from app.sandbox.base import FakeServer, Fault, Reply, Request
 DEFAULT_TOKEN = "cg-test-token"
 DEFAULT_ORG_ID = 42
 FIRST_RUN_ID = 1001
+DEFAULT_REPOS = ("codegen-sandbox/repo-1", "codegen-sandbox/repo-2")
 AGENT_TYPES = ("codegen", "claude_code")
 
 RATE_LIMIT_BODY = {"message": "Rate limit exceeded. Please try again later.", "status_code": 429}
@@ -134,6 +138,7 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str, str], ...] = (
     ("POST", re.compile(rf"^{_ORG}/agent/run/resume$"), "_resume", "standard"),
     ("GET", re.compile(rf"^{_ORG}/agent/run/(?P<agent_run_id>[^/]+)$"), "_get", "standard"),
     ("GET", re.compile(rf"^{_ORG}/agent/runs$"), "_list", "standard"),
+    ("GET", re.compile(rf"^{_ORG}/repos$"), "_list_repos", "standard"),
     (
         "GET",
         re.compile(
@@ -251,6 +256,7 @@ class FakeCodegenServer(FakeServer):
         pending_seconds: float = 0.2,
         active_seconds: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        repos: Sequence[str] = DEFAULT_REPOS,
     ) -> None:
         super().__init__(host, port, latency)
         self.token = token
@@ -276,6 +282,9 @@ class FakeCodegenServer(FakeServer):
         self._durations_rng = random.Random()
         self._wall0 = time.time()
         self._clock0 = clock()
+        self._repos: dict[int, dict[str, Any]] = {}
+        for full_name in repos:
+            self.add_repo(full_name)
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> FakeCodegenServer:
@@ -315,6 +324,33 @@ class FakeCodegenServer(FakeServer):
         with self._state:
             return self._new_run(prompt, metadata, None, None, None, None,
                                  pending_seconds, active_seconds).id
+
+    def add_repo(self, full_name: str, *, repo_id: int | None = None, **fields: Any) -> int:
+        """Give the organization a repository ``owner/name`` (``RepoResponse`` fields may
+        be overridden, e.g. ``archived=True``). Its id: ``repo_id``, else the next one."""
+        owner, _, name = full_name.partition("/")
+        if not owner or not name:
+            raise ValueError(f"a repository is 'owner/name', got {full_name!r}")
+        with self._state:
+            rid = repo_id if repo_id is not None else max(self._repos, default=0) + 1
+            self._repos[rid] = {
+                "id": rid,
+                "name": name,
+                "full_name": full_name,
+                "description": None,
+                "github_id": str(700_000 + rid),
+                "organization_id": self.org_id,
+                "visibility": "private",
+                "archived": False,
+                "setup_status": "COMPLETE",
+                "language": "Python",
+                **fields,
+            }
+            return rid
+
+    def remove_repo(self, repo_id: int) -> None:
+        with self._state:
+            self._repos.pop(repo_id, None)
 
     def set_outcome(self, run_id: int, outcome: str) -> None:
         """The status the run takes when its ACTIVE time is over (``"FAILED"``, ...)."""
@@ -469,6 +505,9 @@ class FakeCodegenServer(FakeServer):
     def _validate_list(self, request: Request, check: _Invalid, args: dict[str, Any]) -> None:
         self._validate_page(request, check, args)
 
+    def _validate_list_repos(self, request: Request, check: _Invalid, args: dict[str, Any]) -> None:
+        self._validate_page(request, check, args)
+
     def _validate_logs(self, request: Request, check: _Invalid, args: dict[str, Any]) -> None:
         self._validate_page(request, check, args)
         raw = request.arg("reverse")
@@ -525,6 +564,19 @@ class FakeCodegenServer(FakeServer):
                 "page": skip // limit + 1,
                 "size": limit,
                 "pages": math.ceil(total / limit),
+            },
+        )
+
+    def _list_repos(self, now: float, *, skip: int, limit: int) -> Reply:
+        ids = sorted(self._repos)
+        return Reply(
+            200,
+            {
+                "items": [dict(self._repos[i]) for i in ids[skip : skip + limit]],
+                "total": len(ids),
+                "page": skip // limit + 1,
+                "size": limit,
+                "pages": math.ceil(len(ids) / limit),
             },
         )
 
@@ -623,10 +675,12 @@ class FakeCodegenServer(FakeServer):
         return self.responder(prompt) if self.responder else f"Done: {prompt}"
 
     def _pull_request(self, run: _Run) -> dict[str, Any]:
+        repo = self._repos.get(run.repo_id or 0)
+        full_name = repo["full_name"] if repo else f"codegen-sandbox/repo-{run.repo_id or 1}"
         return {
             "id": 500_000 + run.id,
             "title": f"Codegen: {run.segments[0].prompt[:60]}",
-            "url": f"https://github.com/codegen-sandbox/repo-{run.repo_id or 1}/pull/{run.id}",
+            "url": f"https://github.com/{full_name}/pull/{run.id}",
             "created_at": self._iso(run.segments[0].ends_at),
             "head_branch_name": f"codegen-bot/run-{run.id}",
         }

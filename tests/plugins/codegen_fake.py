@@ -12,6 +12,10 @@
 - ``manual_clock``: a ``ManualClock`` to share between a fake server (``clock=``) and
   an ``Agent`` (``clock=``, ``sleep=``): time moves only when the client sleeps, so
   lifecycles are instant and exact.
+- ``fresh_codegen_budget`` (autouse): every test starts and ends with no in-process
+  Codegen budget or cooldown. Every fake has the same token and organization, so
+  without it one test's spent budget (or a 429's cooldown) would slow the next one
+  down: an ``Agent`` waits for the shared budget of its token (``app.core.budget``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from app.core.budget import reset_budgets
+from app.core.cooldown import reset_cooldowns
 from app.sandbox.codegen_server import FakeCodegenServer
 
 
@@ -44,6 +50,15 @@ class ManualClock:
         assert seconds >= 0, f"negative sleep {seconds}"
         self.sleeps.append(seconds)
         self.advance(seconds)
+
+
+@pytest.fixture(autouse=True)
+def fresh_codegen_budget() -> Iterator[None]:
+    reset_budgets()
+    reset_cooldowns()
+    yield
+    reset_budgets()
+    reset_cooldowns()
 
 
 @pytest.fixture

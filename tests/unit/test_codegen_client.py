@@ -20,7 +20,9 @@ from app.codegen import (
     is_terminal,
 )
 from app.codegen import status as st
+from app.core.budget import CodegenBudgetTimeoutError
 from app.core.errors import (
+    CodegenBudgetExhaustedError,
     InvalidRequestError,
     ProviderAuthenticationError,
     ProviderBadRequestError,
@@ -61,11 +63,15 @@ def clocked(manual_clock: ManualClock) -> Iterator[FakeCodegenServer]:
 
 @pytest.fixture
 def clocked_agent(clocked: FakeCodegenServer, manual_clock: ManualClock) -> Iterator[Agent]:
-    """An agent that sleeps on ``manual_clock``: a 30 s lifecycle takes no real time."""
+    """An agent that sleeps on ``manual_clock``: a 30 s lifecycle takes no real time.
+
+    Without the shared budget (``limiter=None``): its buckets fill in real time, and
+    these tests are about the wait loop (the budget has its own tests).
+    """
     with Agent(
         clocked.org_id, clocked.token, clocked.url, timeout=0.3, poll_interval=1.0,
         retry_policy=RetryPolicy(max_retries=0, base_delay=2.0, max_delay=8.0, jitter=0.0),
-        sleep=manual_clock.sleep, clock=manual_clock,
+        sleep=manual_clock.sleep, clock=manual_clock, limiter=None,
     ) as agent:
         yield agent
 
@@ -438,6 +444,8 @@ def test_wait_survives_transient_errors_with_backoff(
 
 
 def test_wait_uses_the_real_rate_limit_and_recovers(manual_clock: ManualClock) -> None:
+    """Without the budget (``limiter=None``) polling too fast meets real 429s: the wait
+    backs off and still ends. (With the budget there are none: test_codegen_budget.)"""
     srv = FakeCodegenServer(
         clock=manual_clock, pending_seconds=10, active_seconds=50, standard_limit=(60, 30.0)
     ).start()
@@ -445,7 +453,7 @@ def test_wait_uses_the_real_rate_limit_and_recovers(manual_clock: ManualClock) -
         agent = Agent(
             srv.org_id, srv.token, srv.url, poll_interval=0.25,
             retry_policy=RetryPolicy(base_delay=1.0, max_delay=8.0, jitter=0.0),
-            sleep=manual_clock.sleep, clock=manual_clock,
+            sleep=manual_clock.sleep, clock=manual_clock, limiter=None,
         )
         task = agent.run("x").wait_for_completion(timeout=600)
         assert task.status == "COMPLETE"
@@ -575,3 +583,71 @@ def test_agent_from_settings(codegen_env: FakeCodegenServer) -> None:
 def test_agent_from_settings_needs_credentials() -> None:
     with pytest.raises(ProviderNotConfiguredError, match="CODEGEN_TOKEN"):
         Agent.from_settings()
+
+
+# --- the limiter: asked before every request -------------------------------------------------
+
+
+class CountingLimiter:
+    """A ``CodegenLimiter`` that lets everything through and remembers what it was asked."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+        self.limited: list[tuple[str, float | None]] = []
+
+    def before_request(self, kind: str) -> None:
+        self.kinds.append(kind)
+
+    def rate_limited(self, kind: str, retry_after: float | None) -> None:
+        self.limited.append((kind, retry_after))
+
+
+def test_every_request_asks_the_limiter_first(fake_codegen: FakeCodegenServer) -> None:
+    limiter = CountingLimiter()
+    agent = Agent(
+        fake_codegen.org_id, fake_codegen.token, fake_codegen.url, poll_interval=0.02,
+        limiter=limiter,
+    )
+    assert agent.limiter is limiter
+    task = agent.run("x")
+    task.wait_for_completion(timeout=5)
+    task.logs()
+    task.resume("more")
+    agent.tasks(limit=1)
+    agent.client.find_repo_id("codegen-sandbox/repo-1")
+    assert limiter.kinds[0] == "create" and set(limiter.kinds[1:]) == {"standard"}
+    assert len(limiter.kinds) == len(fake_codegen.requests)
+    assert limiter.limited == []
+    fake_codegen.faults.push(Fault.rate_limit(retry_after=3))
+    with pytest.raises(ProviderRateLimitError):
+        agent.client.get_run(task.id)
+    fake_codegen.faults.push(Fault.rate_limit())
+    with pytest.raises(ProviderRateLimitError):
+        agent.run("y")
+    assert limiter.limited == [("standard", 3.0), ("create", None)]
+    agent.close()
+
+
+def test_a_refusing_limiter_stops_the_request(fake_codegen: FakeCodegenServer) -> None:
+    class Refuse:
+        def before_request(self, kind: str) -> None:
+            raise CodegenBudgetTimeoutError("no token", wait=1.0)
+
+        def rate_limited(self, kind: str, retry_after: float | None) -> None:
+            raise AssertionError("not called")
+
+    client = CodegenClient(
+        fake_codegen.org_id, fake_codegen.token, fake_codegen.url,
+        limiter=Refuse(),
+    )
+    with pytest.raises(CodegenBudgetExhaustedError):
+        client.create_run("x")
+    assert fake_codegen.requests == []
+
+
+@pytest.mark.parametrize("bad", ["mine", 3, object()])
+def test_a_limiter_that_is_none_of_the_three_is_refused(
+    fake_codegen: FakeCodegenServer, bad: Any
+) -> None:
+    with pytest.raises(InvalidRequestError, match="limiter must be"):
+        Agent(fake_codegen.org_id, fake_codegen.token, fake_codegen.url, limiter=bad)

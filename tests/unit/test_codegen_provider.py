@@ -146,8 +146,11 @@ def test_run_timeout_is_not_retried(
 
 
 def test_creation_is_retried_on_429_and_the_wait_survives_faults(
-    codegen_env: FakeCodegenServer,
+    codegen_env: FakeCodegenServer, env: Callable[..., None]
 ) -> None:
+    # A 429 without Retry-After makes every client wait until its bucket is full again
+    # (a minute for creations by default): small windows keep this test short.
+    env(CODEGEN_CREATE_WINDOW=1, CODEGEN_RATE_WINDOW=1, CODEGEN_RATE_MARGIN=0.1)
     codegen_env.faults.push(Fault.rate_limit())  # the creation
     provider = CodegenProvider()
     task_faults = [Fault.status_code(503), Fault.bad_json(), Fault.rate_limit()]
@@ -210,3 +213,76 @@ def test_token_never_shows(
     assert token not in str(provider.get_stats())
     assert caplog.records
     assert all(token not in record.getMessage() for record in caplog.records)
+
+
+# --- repository, branch, priority ------------------------------------------------------------
+
+
+def test_the_seed_example_works(codegen_env: FakeCodegenServer) -> None:
+    repo_id = codegen_env.add_repo("owner/repo")
+    provider = CodegenProvider()
+    answer = provider.generate_response(
+        "Fix the flaky test",
+        system_prompt="You are careful.",
+        priority="normal",
+        tags=["ci"],
+        repository="owner/repo",
+        branch="main",
+    )
+    assert answer.metadata["status"] == "COMPLETE"
+    (create,) = [r for r in codegen_env.requests if r.method == "POST"]
+    assert create.body["repo_id"] == repo_id
+    assert create.body["metadata"] == {
+        "tags": ["ci"], "repository": "owner/repo", "branch": "main", "priority": "normal",
+    }
+    assert "Work on the branch `main` of owner/repo." in create.body["prompt"]
+    assert create.body["prompt"].index("You are careful.") < create.body["prompt"].index("main")
+    # the repository list is read once, then cached for this provider's client
+    provider.generate_response("Again", repository="OWNER/repo")
+    assert codegen_env.request_count("/repos") == 1
+    assert codegen_env.run_request(codegen_env.run_ids()[-1])["repo_id"] == repo_id
+    assert {"repository", "branch", "priority"} <= CodegenProvider.EXTRA_OPTIONS
+
+
+def test_an_unknown_repository_is_refused_before_any_run(codegen_env: FakeCodegenServer) -> None:
+    provider = CodegenProvider()
+    with pytest.raises(InvalidRequestError) as info:
+        provider.generate_response("x", repository="owner/missing", branch="main")
+    message = str(info.value)
+    assert "'owner/missing'" in message and "2 repositories" in message  # the fake's two
+    assert creations(codegen_env) == 0
+    assert codegen_env.request_count("/repos") == 1  # refused, not retried
+    assert provider.get_stats()["errors_by_type"] == {"InvalidRequestError": 1}
+
+
+def test_repository_and_repo_id_that_disagree_are_refused(codegen_env: FakeCodegenServer) -> None:
+    repo_id = codegen_env.add_repo("owner/repo")
+    with pytest.raises(InvalidRequestError, match="give one of them"):
+        CodegenProvider().generate_response("x", repository="owner/repo", repo_id=repo_id + 1)
+    assert creations(codegen_env) == 0
+    answer = CodegenProvider().generate_response("x", repository="owner/repo", repo_id=repo_id)
+    assert answer.metadata["status"] == "COMPLETE"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"branch": "has space"}, {"branch": ""}, {"priority": "urgent"}, {"repository": "norepo"},
+     {"repository": 5}, {"branch": "main", "metadata": {"branch": "dev"}}],
+)
+def test_bad_repository_branch_priority_are_refused_before_any_call(
+    codegen_env: FakeCodegenServer, options: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidRequestError):
+        CodegenProvider().generate_response("x", **options)
+    assert codegen_env.requests == []
+
+
+def test_run_input_is_the_pure_step(codegen_env: FakeCodegenServer) -> None:
+    provider = CodegenProvider()
+    request = provider.build_request("p", repository="owner/repo", branch="dev", priority="low")
+    run_input = provider.run_input(request)
+    assert run_input.needs_resolution and run_input.metadata == {
+        "repository": "owner/repo", "branch": "dev", "priority": "low",
+    }
+    assert provider.run_options(request)["repo_id"] is None
+    assert codegen_env.requests == []  # no network for either
