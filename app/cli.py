@@ -466,6 +466,9 @@ def agent() -> None:
 @agent.command("run")
 @click.argument("prompt", required=False)
 @click.option("--repo-id", type=click.IntRange(min=1), help="Codegen repository id.")
+@click.option("--repository", help="owner/repo: resolved to its repository id by Codegen.")
+@click.option("--branch", help="The branch to work on (told in the prompt, kept in metadata).")
+@click.option("--priority", help="high, normal or low (kept in the run's metadata).")
 @click.option("--model")
 @click.option("--agent-type")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
@@ -488,6 +491,9 @@ def agent() -> None:
 def agent_run(
     prompt: str | None,
     repo_id: int | None,
+    repository: str | None,
+    branch: str | None,
+    priority: str | None,
     model: str | None,
     agent_type: str | None,
     tags: tuple[str, ...],
@@ -502,6 +508,9 @@ def agent_run(
     handle = submit_agent_run(
         _read_prompt(prompt),
         repo_id=repo_id,
+        repository=repository,
+        branch=branch,
+        priority=priority,
         model=model,
         agent_type=agent_type,
         tags=list(tags) or None,

@@ -115,8 +115,20 @@ class Settings(BaseSettings):
     )
     aiw_task_soft_time_limit: float = Field(540.0, gt=0, description="seconds, per task")
     aiw_task_time_limit: float = Field(600.0, gt=0, description="seconds, per task (hard kill)")
-    aiw_job_lease: float | None = Field(
-        None, gt=0, description="seconds a worker owns a running job; default time limit + 60"
+    aiw_lease: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a worker owns a claimed row (job, webhook delivery, agent-run"
+        " creation) past its last heartbeat; a dead worker's work is taken again after it",
+    )
+    aiw_heartbeat_interval: float = Field(
+        10.0, gt=0, description="seconds between two renewals of a worker's leases"
+    )
+    aiw_shutdown_grace: float = Field(
+        20.0,
+        ge=0,
+        description="seconds a stopping worker gives its running calls to finish before it"
+        " hands their jobs back to the others",
     )
     aiw_republish_after: float = Field(
         300.0, gt=0, description="a queued/waiting job untouched this long is published again"
@@ -233,17 +245,17 @@ class Settings(BaseSettings):
         """Seconds before each retry of a failed delivery (``AIW_WEBHOOK_RETRY_SCHEDULE``)."""
         return parse_schedule(self.aiw_webhook_retry_schedule)
 
-    @property
-    def job_lease(self) -> float:
-        """Seconds a claimed job stays owned by its worker before others may take it."""
-        return self.aiw_job_lease or self.aiw_task_time_limit + 60.0
-
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.aiw_task_soft_time_limit >= self.aiw_task_time_limit:
             raise ValueError("AIW_TASK_SOFT_TIME_LIMIT must be below AIW_TASK_TIME_LIMIT")
         if self.aiw_visibility_timeout <= self.aiw_max_countdown:
             raise ValueError("AIW_VISIBILITY_TIMEOUT must exceed AIW_MAX_COUNTDOWN")
+        if self.aiw_heartbeat_interval * 2 > self.aiw_lease:
+            raise ValueError(
+                "AIW_HEARTBEAT_INTERVAL must be at most half of AIW_LEASE (a lease is renewed"
+                " at least twice before it runs out)"
+            )
         return self
 
     @model_validator(mode="after")

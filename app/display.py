@@ -22,6 +22,9 @@ STATUS_STYLE = {
     "queued": "yellow",
     "waiting": "yellow",
     "running": "cyan",
+    "awaiting_run": "cyan",
+    "started": "cyan",
+    "lost": "red",
     "succeeded": "green",
     "failed": "red",
     "cancelled": "magenta",
@@ -60,6 +63,8 @@ def attempts_table(attempts: Sequence[Attempt]) -> Table:
                 for part in (
                     a.error_type or "",
                     f"retry after {a.retry_after_s:g}s" if a.retry_after_s else "",
+                    f"(agent run {a.agent_run_id})" if a.agent_run_id else "",
+                    f"- {a.detail}" if a.detail and a.outcome != "started" else "",
                 )
                 if part
             ),
@@ -80,6 +85,9 @@ def job_view(job: Job, attempts: Sequence[Attempt], *, final: bool = False) -> R
     head.add_row("provider", f"{job.provider_used or job.provider_requested or 'automatic'}")
     head.add_row("model", job.model or "-")
     head.add_row("attempts", str(job.attempt_count))
+    run_line = _linked_run(job, attempts)
+    if run_line:
+        head.add_row("agent run", run_line)
     if job.next_attempt_at and not job.is_finished:
         head.add_row("next try", f"{job.next_attempt_at:%H:%M:%S} UTC")
     head.add_row("created", _ago(job.created_at))
@@ -106,6 +114,27 @@ def job_view(job: Job, attempts: Sequence[Attempt], *, final: bool = False) -> R
         elif job.error_type:
             parts.append(Text(f"error: {job.error_type}: {job.error_message}", style="red"))
     return Group(*parts)
+
+
+def _linked_run(job: Job, attempts: Sequence[Attempt]) -> str | None:
+    """The tracked agent run that answers (or answered) the job, in one line."""
+    run_id = job.agent_run_id or next(
+        (a.agent_run_id for a in reversed(attempts) if a.agent_run_id), None
+    )
+    if run_id is None:
+        return None
+    from app.jobs import AgentRunNotFoundError, get_agent_run
+
+    try:
+        run = get_agent_run(run_id)
+    except AgentRunNotFoundError:
+        return f"{run_id} (no longer tracked)"
+    parts = [str(run.id), run.state.value]
+    if run.remote_id is not None:
+        parts.append(f"Codegen run {run.remote_id}: {run.remote_status or '?'}")
+    if run.web_url:
+        parts.append(run.web_url)
+    return "  ".join(parts)
 
 
 def watch_job(job_id: str, *, timeout: float | None, interval: float, as_json: bool) -> bool:
@@ -173,6 +202,7 @@ def stats_table(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Table:
     totals = {
         "requests": sum(r["requests"] for r in rows),
         "successes": sum(r["successes"] for r in rows),
+        "lost": sum(r.get("lost", 0) for r in rows),
         "tokens": sum(r["total_tokens"] for r in rows),
         "cost": sum(r["cost_usd"] for r in rows),
     }
@@ -181,6 +211,7 @@ def stats_table(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Table:
     rate = f"{100 * totals['successes'] / totals['requests']:.1f}" if totals["requests"] else "-"
     table.add_column("calls", justify="right", footer=str(totals["requests"]))
     table.add_column("ok %", justify="right", footer=rate)
+    table.add_column("lost", justify="right", footer=str(totals["lost"]))
     table.add_column("tokens", justify="right", footer=str(totals["tokens"]))
     table.add_column("cost $", justify="right", footer=f"{totals['cost']:.6f}")
     table.add_column("p50 s", justify="right")
@@ -194,6 +225,7 @@ def stats_table(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Table:
             *[str(r[k]) for k in keys],
             str(r["requests"]),
             ok,
+            str(r.get("lost", 0)),
             str(r["total_tokens"]),
             cost,
             "-" if r["p50_latency_s"] is None else f"{r['p50_latency_s']:.3f}",

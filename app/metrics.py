@@ -324,7 +324,8 @@ class AIWorkerCollector(Collector):
         yield failed
         attempts = CounterMetricFamily(
             "aiw_provider_calls",
-            "Provider calls (attempts) by outcome: succeeded, retry, failed, superseded, deferred",
+            "Provider calls (attempts) by outcome: succeeded, retry, failed, superseded, deferred,"
+            " started (in flight), lost (the worker died during the call: possibly billed)",
             labels=["provider", "model", "outcome"],
         )
         retries = CounterMetricFamily(

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from typing import Any
 
-from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutting_down,
+)
 
 from app.config import get_settings
 from app.core.cooldown import reset_cooldowns
+from app.db.claims import get_heartbeat
 from app.db.session import dispose_engines
 from app.jobs.runner import reset_providers
 
@@ -36,3 +45,46 @@ def _fresh_process(**_: Any) -> None:
 @worker_process_shutdown.connect
 def _close(**_: Any) -> None:
     dispose_engines()
+
+
+_stopping = threading.Event()
+log = logging.getLogger(__name__)
+
+
+@worker_shutting_down.connect
+def _hand_back_at_grace(**_: Any) -> None:
+    """A worker told to stop (SIGTERM, ``aiw up``'s Ctrl-C) gives its running calls
+    ``AIW_SHUTDOWN_GRACE`` seconds to finish and record; whatever is still held then is
+    handed back (its lease ends now, so another worker takes it at once; the fence keeps
+    a late answer from counting twice) and the process exits, even on the threads pool,
+    whose threads cannot be interrupted."""
+    if _stopping.is_set():
+        return
+    _stopping.set()
+    grace = get_settings().aiw_shutdown_grace
+    threading.Thread(target=_watch, args=(grace,), name="aiw-shutdown", daemon=True).start()
+
+
+def _watch(grace: float) -> None:
+    heartbeat = get_heartbeat()
+    deadline = time.monotonic() + grace
+    while heartbeat.count() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not heartbeat.count():
+        return  # everything finished: Celery's own shutdown goes on
+    heartbeat.stop()
+    try:
+        handed = heartbeat.hand_back()
+    except Exception as exc:  # noqa: BLE001 - the leases run out by themselves anyway
+        log.error("could not hand the running work back (%s); leases run out in %gs",
+                  exc, get_settings().aiw_lease)  # fmt: skip
+        handed = 0
+    log.warning(
+        "stopping after %gs of grace: %d claimed row(s) handed back to the other workers",
+        grace,
+        handed,
+    )
+    time.sleep(1.0)  # a call that just answered gets to record
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(0)  # threads blocked in a call cannot be stopped otherwise

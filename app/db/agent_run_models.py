@@ -118,6 +118,10 @@ class AgentRunRow(TimestampMixin, Base):
     remote_status: Mapped[str | None] = mapped_column(String(64))  # verbatim from Codegen
     source: Mapped[str] = mapped_column(String(16), nullable=False)  # "submitted" | "tracked"
     marker: Mapped[uuid.UUID] = mapped_column(Uuid(), nullable=False, default=uuid.uuid4)
+    # The AI request (job) this run answers, when Codegen answers a queued request.
+    ai_request_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("ai_requests.id", ondelete="SET NULL"), index=True
+    )
 
     # What the run was asked (the creation input; ``run_metadata`` is the ``metadata``
     # column: the attribute name is taken by SQLAlchemy).

@@ -38,6 +38,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Float,
     ForeignKey,
@@ -61,6 +62,7 @@ class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     WAITING = "waiting"  # parked until next_attempt_at (long backoff, provider cooldown)
+    AWAITING_RUN = "awaiting_run"  # answered by a Codegen agent run: waits for it to end
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -76,8 +78,10 @@ JobStatus.TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus
 
 
 class AttemptOutcome(StrEnum):
-    """How one try against one provider ended."""
+    """How one try against one provider ended (``started``: not yet)."""
 
+    STARTED = "started"  # written before the call; the call is in flight
+    LOST = "lost"  # its worker died (or stopped) during the call: possibly billed
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # not retryable, or retries on this provider spent
     RETRY = "retry"  # retryable error, another try follows
@@ -117,6 +121,9 @@ class AIRequestRow(TimestampMixin, Base):
     )
     provider_used: Mapped[str | None] = mapped_column(String(64))
     model: Mapped[str | None] = mapped_column(String(255))
+    # While answered by Codegen: the tracked agent run (``agent_runs.id``) it waits for.
+    # No foreign key: ``agent_runs.ai_request_id`` is the one (a cycle otherwise).
+    agent_run_id: Mapped[int | None] = mapped_column(BigInteger)
 
     # The request itself.
     prompt: Mapped[str] = mapped_column(Text, nullable=False)
@@ -190,6 +197,11 @@ class AttemptRow(Base):
     error_type: Mapped[str | None] = mapped_column(String(128))
     error_message: Mapped[str | None] = mapped_column(Text)
     provider_request_id: Mapped[str | None] = mapped_column(String(255))
+    # The tracked agent run that answers this attempt (a Codegen-answered request).
+    agent_run_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Why the attempt ended as it did, when its outcome alone does not say (a parked
+    # Retry-After, a lost worker, a cancelled wait for a run).
+    detail: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), nullable=False, default=utcnow, server_default=func.now()
     )

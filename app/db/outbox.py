@@ -4,25 +4,18 @@ Jobs and webhook deliveries both keep ``published_at``: when their last message
 went to the broker (NULL while a long wait is parked in the database). A sweep
 takes the rows that need a message with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL;
 SQLite serialises writers anyway) and stamps them in the same transaction, so a
-second sweep running at the same moment skips them.
+second sweep running at the same moment skips them. Which rows need a message is
+the claim machine's rule (``app.db.claims.needs_message``).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, select, update
 
 from app.db.session import session_scope
-
-
-def not_recently_published(
-    model: Any, now: datetime, republish_after: float
-) -> ColumnElement[bool]:
-    """No message out, or the last one is older than ``republish_after`` seconds."""
-    stale = now - timedelta(seconds=republish_after)
-    return or_(model.published_at.is_(None), model.published_at < stale)
 
 
 def take_for_publishing(

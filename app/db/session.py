@@ -29,7 +29,7 @@ connection is shared across processes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -146,6 +146,33 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+_AFTER_COMMIT = "aiw.after_commit"
+
+
+def after_commit(session: Session, action: Callable[[], object]) -> None:
+    """Run ``action`` once ``session`` commits (forgotten if it rolls back): what must not
+    be announced before the change is durable, e.g. publishing the message of a row the
+    transaction writes. An action that raises is the caller's to report (log inside)."""
+    actions: list[Callable[[], object]] | None = session.info.get(_AFTER_COMMIT)
+    if actions is None:
+        actions = session.info[_AFTER_COMMIT] = []
+        event.listen(session, "after_commit", _run_after_commit)
+        event.listen(session, "after_rollback", _forget_after_commit)
+    actions.append(action)
+
+
+def _run_after_commit(session: Session) -> None:
+    actions: list[Callable[[], object]] = session.info.get(_AFTER_COMMIT, [])
+    pending = list(actions)
+    actions.clear()
+    for action in pending:
+        action()
+
+
+def _forget_after_commit(session: Session) -> None:
+    session.info.get(_AFTER_COMMIT, []).clear()
 
 
 def dispose_engines(*, close: bool = True) -> None:

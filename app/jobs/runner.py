@@ -1,19 +1,22 @@
 """One run of an AI request: what the Celery task calls, and all it does.
 
-A run is three short steps, each its own transaction, and no database
-connection is held while the provider thinks:
+A run is short steps, each its own transaction, and no database connection is held
+while the provider thinks (the claim machine is ``app.db.claims``):
 
-1. **Claim** the job with one conditional UPDATE: only a job that is queued,
-   due, or running under an expired lease can be claimed. The claim sets a
-   fresh ``claim_token`` and a lease. A redelivered message for a finished job,
-   or for one another worker owns, claims nothing and ends there.
-2. **Call** one provider of the job's chain, once (``generate_once``): the retry
-   loop of this path is the broker's, not ours. A provider in a shared cooldown
-   is not called; the job is deferred until the cooldown ends.
-3. **Record**, fenced by the claim token: one attempt row, one usage row on
-   success (unique per attempt), and the job's next state: done, retry after a
-   countdown, parked until ``next_attempt_at`` (long waits, for the sweep), or
-   moved to the next provider of the chain.
+1. **Claim** the job with one conditional UPDATE (queued or due, ours already, or
+   running under a lease that ran out), and in the same transaction write the
+   attempt row (``started``) before any call: a call lost with its worker shows as
+   ``lost`` (possibly billed) when the next claim finds it. A redelivered message for
+   a finished job, or one another worker holds, claims nothing and ends there.
+2. **Codegen answers by a tracked run.** When the chain reaches Codegen, the same
+   transaction starts a tracked agent run (``app.jobs.remote``): the job waits in the
+   database (``awaiting_run``), no thread and no message wait for it, and the poller
+   finishes it when the run ends.
+3. **Call** any other provider once (``generate_once``; the retry loop of this path is
+   the broker's), while the heartbeat keeps the claim's lease alive. A provider in a
+   shared cooldown is not called: the job is deferred until the cooldown ends.
+4. **Record**, fenced by the claim token (``app.jobs.records``), durably: an answer
+   in hand is recorded when the database is back, never asked again.
 
 The answer (an ``Outcome``) tells the task what to do with the message.
 """
@@ -26,10 +29,9 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, insert, or_, text, update
+from sqlalchemy import func, insert, text, update
 from sqlalchemy.orm import Session
 
 from app.ai.base import AIProvider, AIRequest, AIResponse
@@ -38,8 +40,11 @@ from app.config import get_settings
 from app.core.cooldown import credential_digest, get_cooldowns
 from app.core.errors import AIProviderError, ProviderRateLimitError, ProviderUnavailableError
 from app.db.base import utcnow
-from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus, UsageRow
+from app.db.claims import Outcome, claim_values, claimable, fenced, hold, record_durably
+from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
 from app.db.session import session_scope
+from app.jobs import records, remote
+from app.jobs.records import Try
 from app.webhooks.events import emit_ai_request_finished
 
 if TYPE_CHECKING:
@@ -49,31 +54,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Action = Literal["done", "retry", "parked", "skipped"]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one run, and what the task should do with its message."""
-
-    job_id: str
-    action: Action
-    status: str | None = None
-    countdown: float | None = None  # for "retry": publish again after this many seconds
-    callback: str | None = None  # for "done": a Celery task name to send the job id to
-    reason: str = ""
+#: What a lost attempt's ``detail`` says.
+LOST_DETAIL = (
+    "its worker stopped renewing the job's lease during the call (it died or was cut "
+    "off); the call may have been billed"
+)
 
 
 @dataclass(frozen=True)
 class _Claim:
-    job_id: uuid.UUID
+    tried: Try
     token: str
-    number: int  # this attempt's number within the job
-    provider: str
-    chain: list[str]
-    provider_index: int
-    retries_on_provider: int
-    callback: str | None
     request: AIRequest
 
 
@@ -100,67 +91,10 @@ def _provider(name: str, settings: Settings) -> AIProvider:
 
 
 def reset_providers() -> None:
-    """Forget cached providers (after fork, or when settings change)."""
+    """Forget cached providers and chains (after fork, or when settings change)."""
     with _providers_lock:
         _providers.clear()
-
-
-# --- the run -------------------------------------------------------------------------
-
-
-def run_job(
-    job_id: str | uuid.UUID, *, claim_token: str | None = None, settings: Settings | None = None
-) -> Outcome:
-    """Run the job once. ``claim_token`` names this delivery (the Celery task id): the
-    same delivery retried after a database error takes its own claim back at once
-    instead of waiting for the lease to expire."""
-    settings = settings or get_settings()
-    try:
-        jid = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
-    except ValueError:
-        log.error("dropping a message with a malformed job id %r", job_id)
-        return Outcome(str(job_id), "skipped", reason="malformed job id")
-
-    claim_or_outcome = _claim(jid, claim_token or str(uuid.uuid4()), settings)
-    if isinstance(claim_or_outcome, Outcome):
-        return claim_or_outcome
-    claim = claim_or_outcome
-
-    provider = _provider(claim.provider, settings)
-    cooldown_name = f"{claim.provider}:{credential_digest(settings, claim.provider)}"
-    waiting = _cooldown_remaining(cooldown_name, settings)
-    if waiting > 0:
-        return _defer(claim, waiting, settings)
-
-    started = utcnow()
-    t0 = time.perf_counter()
-    response: AIResponse | None = None
-    error: AIProviderError | None = None
-    try:
-        response = provider.generate_once(claim.request)
-    except AIProviderError as exc:
-        error = exc
-    except Exception as exc:
-        log.exception("job %s: unexpected error in provider %s", jid, claim.provider)
-        error = _InternalError(f"{type(exc).__name__}: {exc}", provider_name=claim.provider)
-    latency = time.perf_counter() - t0
-
-    if isinstance(error, ProviderRateLimitError):
-        delay = provider.retry_policy.delay_for(error, 0)
-        _start_cooldown(cooldown_name, delay, settings)
-
-    return _record(claim, provider, started, latency, response, error, settings)
-
-
-def _claimable(now: datetime, token: str) -> Any:
-    return or_(
-        and_(AIRequestRow.status == JobStatus.RUNNING, AIRequestRow.claim_token == token),
-        and_(
-            AIRequestRow.status.in_([JobStatus.QUEUED, JobStatus.WAITING]),
-            or_(AIRequestRow.next_attempt_at.is_(None), AIRequestRow.next_attempt_at <= now),
-        ),
-        and_(AIRequestRow.status == JobStatus.RUNNING, AIRequestRow.lease_expires_at < now),
-    )
+        _chains.clear()
 
 
 _chains: dict[int, list[str]] = {}
@@ -174,8 +108,70 @@ def _automatic_chain(settings: Settings) -> list[str]:
     return chain
 
 
+# --- the run -------------------------------------------------------------------------
+
+
+def run_job(
+    job_id: str | uuid.UUID, *, claim_token: str | None = None, settings: Settings | None = None
+) -> Outcome:
+    """Run the job once. ``claim_token`` names this delivery (the Celery task id): the
+    same delivery retried after a database error takes its own claim back at once
+    instead of waiting for the lease to run out."""
+    settings = settings or get_settings()
+    try:
+        jid = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+    except ValueError:
+        log.error("dropping a message with a malformed job id %r", job_id)
+        return Outcome(str(job_id), "skipped", reason="malformed job id")
+
+    token = claim_token or str(uuid.uuid4())
+    claimed = _claim(jid, token, settings)
+    if isinstance(claimed, Outcome):
+        return claimed
+    with hold(AIRequestRow, jid, token):
+        return _call(claimed, settings)
+
+
+def _call(claim: _Claim, settings: Settings) -> Outcome:
+    tried = claim.tried
+    provider = _provider(tried.provider, settings)
+    cooldown_name = f"{tried.provider}:{credential_digest(settings, tried.provider)}"
+    waiting = _cooldown_remaining(cooldown_name, settings)
+    if waiting > 0:
+        return _defer(claim, waiting, settings)
+
+    t0 = time.perf_counter()
+    response: AIResponse | None = None
+    error: AIProviderError | None = None
+    try:
+        response = provider.generate_once(claim.request)
+    except AIProviderError as exc:
+        error = exc
+    except Exception as exc:  # the one boundary around a provider call: a bug becomes a record
+        log.exception("job %s: unexpected error in provider %s", tried.job_id, tried.provider)
+        error = _InternalError(f"{type(exc).__name__}: {exc}", provider_name=tried.provider)
+    latency = time.perf_counter() - t0
+
+    if isinstance(error, ProviderRateLimitError):
+        _start_cooldown(cooldown_name, provider.retry_policy.delay_for(error, 0), settings)
+
+    def record() -> Outcome:
+        return _record(claim, provider, latency, response, error, settings)
+
+    return record_durably(record, what=f"job {tried.job_id}")
+
+
+def _claimed_now(now: datetime, token: str) -> Any:
+    R = AIRequestRow
+    return (
+        R.status.in_([JobStatus.QUEUED, JobStatus.WAITING, JobStatus.RUNNING]),
+        claimable(R, now, token),
+    )
+
+
 def _claim(jid: uuid.UUID, token: str, settings: Settings) -> _Claim | Outcome:
-    """One UPDATE ... RETURNING: the job is ours, or it is not claimable now."""
+    """One transaction: the job is ours and its attempt row is written, or it is not
+    claimable now. A job Codegen answers is handed to its tracked run right here."""
     now = utcnow()
     with session_scope() as session:
         if session.get_bind().dialect.name == "postgresql":
@@ -184,11 +180,10 @@ def _claim(jid: uuid.UUID, token: str, settings: Settings) -> _Claim | Outcome:
             session.execute(text("SET LOCAL synchronous_commit TO OFF"))
         row = session.scalars(
             update(AIRequestRow)
-            .where(AIRequestRow.id == jid, _claimable(now, token))
+            .where(AIRequestRow.id == jid, *_claimed_now(now, token))
             .values(
                 status=JobStatus.RUNNING,
-                claim_token=token,
-                lease_expires_at=now + timedelta(seconds=settings.job_lease),
+                **claim_values(token, now, settings),
                 attempt_count=AIRequestRow.attempt_count + 1,
                 next_attempt_at=None,
                 started_at=func.coalesce(AIRequestRow.started_at, now),
@@ -203,41 +198,118 @@ def _claim(jid: uuid.UUID, token: str, settings: Settings) -> _Claim | Outcome:
                 log.warning("job %s: no such job; message dropped", jid)
                 return Outcome(str(jid), "skipped", reason="no such job")
             return _not_claimed(existing, now, settings)
+        if row.attempt_count > 1:  # an earlier try may have died with its worker
+            _mark_lost(session, jid, now)
         # The chain is fixed at the first claim: a forced provider alone, else this
-        # worker's automatic order. It is written with the first attempt's record.
+        # worker's automatic order. It is written with the first attempt.
         chain = list(row.provider_chain) or (
             [row.provider_requested] if row.provider_requested else _automatic_chain(settings)
         )
         if row.provider_index >= len(chain):
-            error = ProviderUnavailableError(
-                "no AI provider is configured in the worker (set OPENAI_API_KEY, or "
-                "CODEGEN_TOKEN and CODEGEN_ORG_ID, in the worker's environment)"
+            return _no_provider(session, row, now)
+        provider_name = chain[row.provider_index]
+        request = _request_of(row)
+        attempt_id = session.scalar(
+            insert(AttemptRow)
+            .values(
+                request_id=jid,
+                number=row.attempt_count,
+                provider=provider_name,
+                model=request.model or _provider(provider_name, settings).default_model,
+                outcome=AttemptOutcome.STARTED,
+                started_at=now,
             )
-            _finish(row, JobStatus.FAILED, now, error=error)
-            emit_ai_request_finished(session, jid, JobStatus.FAILED)
-            return Outcome(
-                str(jid), "done", JobStatus.FAILED, callback=row.callback, reason=error.message
-            )
-        params = row.parameters or {}
-        request = AIRequest(
-            prompt=row.prompt,
-            system_prompt=row.system_prompt,
-            model=row.model,
-            temperature=float(params.get("temperature", 0.0)),
-            max_tokens=params.get("max_tokens"),
-            extra=dict(params.get("provider_kwargs") or {}),
+            .returning(AttemptRow.id)
         )
-        return _Claim(
+        assert attempt_id is not None
+        if row.provider_chain != chain:
+            session.execute(
+                update(AIRequestRow)
+                .where(AIRequestRow.id == jid)
+                .values(provider_chain=chain)
+                .execution_options(synchronize_session=False)
+            )
+        tried = Try(
             jid,
-            token,
-            row.attempt_count,
-            chain[row.provider_index],
+            attempt_id,
+            provider_name,
             chain,
             row.provider_index,
             row.retries_on_provider,
             row.callback,
-            request,
         )
+        claim = _Claim(tried, token, request)
+        if provider_name == remote.PROVIDER:
+            return _hand_over(session, claim, row, now, settings)
+        return claim
+
+
+def _hand_over(
+    session: Session, claim: _Claim, row: AIRequestRow, now: datetime, settings: Settings
+) -> Outcome:
+    """Codegen answers this try: start a tracked run for it, in the claim's transaction."""
+    jid = claim.tried.job_id
+    try:
+        spec = remote.run_input(_provider(remote.PROVIDER, settings), claim.request, row.tags)
+    except AIProviderError as error:  # the request does not suit Codegen: a failed try
+        decision = records.decide(
+            claim.tried,
+            None,
+            error,
+            _provider(remote.PROVIDER, settings).retry_policy,
+            now,
+            settings,
+        )
+        records.apply(
+            session,
+            jid,
+            fenced(AIRequestRow, jid, claim.token),
+            decision,
+            claim.tried.attempt_id,
+            response=None,
+            latency=0.0,
+            now=now,
+        )
+        return decision.outcome
+    run_id = remote.start_run(session, claim.tried, claim.token, spec, row.tags, now, settings)
+    return Outcome(
+        str(jid), "done", JobStatus.AWAITING_RUN, reason=f"answered by agent run {run_id}"
+    )
+
+
+def _request_of(row: AIRequestRow) -> AIRequest:
+    params = row.parameters or {}
+    return AIRequest(
+        prompt=row.prompt,
+        system_prompt=row.system_prompt,
+        model=row.model,
+        temperature=float(params.get("temperature", 0.0)),
+        max_tokens=params.get("max_tokens"),
+        extra=dict(params.get("provider_kwargs") or {}),
+    )
+
+
+def _mark_lost(session: Session, jid: uuid.UUID, now: datetime) -> None:
+    """Attempts still ``started`` when their job is claimed again: their call was lost."""
+    session.execute(
+        update(AttemptRow)
+        .where(AttemptRow.request_id == jid, AttemptRow.outcome == AttemptOutcome.STARTED)
+        .values(outcome=AttemptOutcome.LOST, finished_at=now, detail=LOST_DETAIL)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _no_provider(session: Session, row: AIRequestRow, now: datetime) -> Outcome:
+    error = ProviderUnavailableError(
+        "no AI provider is configured in the worker (set OPENAI_API_KEY, or "
+        "CODEGEN_TOKEN and CODEGEN_ORG_ID, in the worker's environment)"
+    )
+    for name, value in records.finish_values(JobStatus.FAILED, now, error=error).items():
+        setattr(row, name, value)
+    emit_ai_request_finished(session, row.id, JobStatus.FAILED)
+    return Outcome(
+        str(row.id), "done", JobStatus.FAILED, callback=row.callback, reason=error.message
+    )
 
 
 def _not_claimed(row: AIRequestRow, now: datetime, settings: Settings) -> Outcome:
@@ -245,6 +317,8 @@ def _not_claimed(row: AIRequestRow, now: datetime, settings: Settings) -> Outcom
     status = JobStatus(row.status)
     if status.is_terminal:
         return Outcome(jid, "skipped", status, reason=f"already {status}")
+    if status == JobStatus.AWAITING_RUN:
+        return Outcome(jid, "skipped", status, reason=f"waits for agent run {row.agent_run_id}")
     if status == JobStatus.WAITING and row.next_attempt_at is not None:
         remaining = (row.next_attempt_at - now).total_seconds()
         if remaining <= settings.aiw_max_countdown:
@@ -270,101 +344,48 @@ def _start_cooldown(name: str, seconds: float, settings: Settings) -> None:
         log.warning("cooldown store unreachable (%s); cooldown not shared", type(exc).__name__)
 
 
-def _wait_values(
-    delay: float, now: datetime, settings: Settings
-) -> tuple[dict[str, Any], Action, float | None]:
-    """The job waits ``delay`` seconds: a broker countdown, or parked for the sweep."""
-    values: dict[str, Any] = {
-        "status": JobStatus.WAITING,
-        "next_attempt_at": now + timedelta(seconds=delay),
-        "claim_token": None,
-        "lease_expires_at": None,
-        "updated_at": now,
-    }
-    if delay <= settings.aiw_max_countdown:
-        values["published_at"] = now  # the task re-publishes itself with this countdown
-        return values, "retry", delay
-    values["published_at"] = None  # no message waits for it: the sweep publishes when due
-    return values, "parked", None
-
-
-def _finish_values(
-    status: JobStatus,
-    now: datetime,
-    *,
-    response: AIResponse | None = None,
-    error: AIProviderError | None = None,
-) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "status": status,
-        "finished_at": now,
-        "updated_at": now,
-        "claim_token": None,
-        "lease_expires_at": None,
-        "next_attempt_at": None,
-    }
-    if response is not None:
-        values.update(
-            result=response.model_dump(mode="json"),
-            provider_used=response.provider_name,
-            model=response.model,
-            error_type=None,
-            error_message=None,
-        )
-    if error is not None:
-        values.update(error_type=error.error_type, error_message=str(error))
-    return values
-
-
-def _finish(
-    row: AIRequestRow,
-    status: JobStatus,
-    now: datetime,
-    *,
-    response: AIResponse | None = None,
-    error: AIProviderError | None = None,
-) -> None:
-    for name, value in _finish_values(status, now, response=response, error=error).items():
-        setattr(row, name, value)
-
-
-def _fenced_update(session: Session, claim: _Claim, values: dict[str, Any]) -> bool:
-    """Apply ``values`` only if the claim still holds. False: cancelled or taken over."""
-    result = session.execute(
-        update(AIRequestRow)
-        .where(
-            AIRequestRow.id == claim.job_id,
-            AIRequestRow.claim_token == claim.token,
-            AIRequestRow.status == JobStatus.RUNNING,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(getattr(result, "rowcount", 0))
-
-
 def _defer(claim: _Claim, waiting: float, settings: Settings) -> Outcome:
     """The provider is cooling down: give the claim back without calling it."""
     now = utcnow()
+    tried = claim.tried
     delay = waiting + random.uniform(0, min(1.0, waiting * 0.1))  # spread the herd
-    values, action, countdown = _wait_values(delay, now, settings)
-    values["attempt_count"] = AIRequestRow.attempt_count - 1  # nothing was tried
-    with session_scope() as session:
-        if not _fenced_update(session, claim, values):
-            return Outcome(str(claim.job_id), "skipped", reason="claim lost")
-    return Outcome(
-        str(claim.job_id),
-        action,
-        JobStatus.WAITING,
-        countdown=countdown,
-        reason=f"{claim.provider} cooling down",
-    )
+    values, action, countdown = records.wait_values(delay, now, settings)
+
+    def record() -> Outcome:
+        with session_scope() as session:
+            changed = session.execute(
+                update(AIRequestRow)
+                .where(fenced(AIRequestRow, tried.job_id, claim.token))
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            records.update_attempt(
+                session,
+                tried.attempt_id,
+                {
+                    "outcome": AttemptOutcome.DEFERRED,
+                    "finished_at": now,
+                    "latency_s": 0.0,
+                    "detail": f"not called: {tried.provider} cools down for {waiting:.2f} s "
+                    "(a 429 shared by every worker)",
+                },
+            )
+            if not getattr(changed, "rowcount", 0):
+                return Outcome(str(tried.job_id), "skipped", reason="claim lost")
+        return Outcome(
+            str(tried.job_id),
+            action,
+            JobStatus.WAITING,
+            countdown=countdown,
+            reason=f"{tried.provider} cooling down",
+        )
+
+    return record_durably(record, what=f"job {tried.job_id}")
 
 
 def _record(
     claim: _Claim,
     provider: AIProvider,
-    started: datetime,
     latency: float,
     response: AIResponse | None,
     error: AIProviderError | None,
@@ -372,89 +393,26 @@ def _record(
 ) -> Outcome:
     """One transaction: the job's next state (fenced by the claim), the attempt, the usage."""
     now = utcnow()
-    jid = str(claim.job_id)
-    attempt: dict[str, Any] = {
-        "request_id": claim.job_id,
-        "number": claim.number,
-        "provider": claim.provider,
-        "model": response.model if response else (claim.request.model or provider.default_model),
-        "latency_s": latency,
-        "started_at": started,
-        "finished_at": now,
-        "http_status": None,
-        "retry_after_s": None,
-        "error_type": None,
-        "error_message": None,
-        "provider_request_id": None,
-    }
-    usage: dict[str, Any] | None = None
-    countdown: float | None = None
-    if response is not None:
-        attempt["outcome"] = AttemptOutcome.SUCCEEDED
-        attempt["provider_request_id"] = response.request_id
-        tokens = response.usage
-        usage = {
-            "request_id": claim.job_id,
-            "provider": response.provider_name,
-            "model": response.model,
-            "prompt_tokens": tokens.prompt_tokens,
-            "completion_tokens": tokens.completion_tokens,
-            "cached_tokens": tokens.cached_tokens,
-            "reasoning_tokens": tokens.reasoning_tokens,
-            "total_tokens": tokens.total_tokens,
-            "cost_usd": response.cost_usd,
-            "latency_s": latency,
-            "created_at": now,
-        }
-        values = _finish_values(JobStatus.SUCCEEDED, now, response=response)
-        outcome = Outcome(jid, "done", JobStatus.SUCCEEDED, callback=claim.callback)
-    else:
-        assert error is not None
-        attempt.update(
-            http_status=error.status_code,
-            retry_after_s=error.retry_after,
-            error_type=error.error_type,
-            error_message=str(error)[:4000],
-            provider_request_id=error.request_id,
-        )
-        policy = provider.retry_policy
-        if policy.should_retry(error, claim.retries_on_provider):
-            attempt["outcome"] = AttemptOutcome.RETRY
-            delay = policy.delay_for(error, claim.retries_on_provider)
-            values, action, countdown = _wait_values(delay, now, settings)
-            values["retries_on_provider"] = claim.retries_on_provider + 1
-            outcome = Outcome(
-                jid, action, JobStatus.WAITING, countdown=countdown, reason=error.error_type
-            )
-        elif error.fallback and claim.provider_index + 1 < len(claim.chain):
-            attempt["outcome"] = AttemptOutcome.FAILED
-            values, action, countdown = _wait_values(0.0, now, settings)
-            values.update(provider_index=claim.provider_index + 1, retries_on_provider=0)
-            outcome = Outcome(
-                jid,
-                action,
-                JobStatus.WAITING,
-                countdown=countdown,
-                reason=f"falling back to {claim.chain[claim.provider_index + 1]}",
-            )
-        else:
-            attempt["outcome"] = AttemptOutcome.FAILED
-            values = _finish_values(JobStatus.FAILED, now, error=error)
-            outcome = Outcome(
-                jid, "done", JobStatus.FAILED, callback=claim.callback, reason=error.error_type
-            )
-    values["provider_chain"] = claim.chain
-
+    tried = claim.tried
+    decision = records.decide(tried, response, error, provider.retry_policy, now, settings)
+    if error is not None and response is None and "model" not in decision.attempt:
+        decision.attempt["model"] = claim.request.model or provider.default_model
     with session_scope() as session:
-        if not _fenced_update(session, claim, values):
-            # Cancelled meanwhile, or our lease ran out and another worker took over:
-            # the call is kept in the history, nothing else changes.
-            attempt["outcome"] = AttemptOutcome.SUPERSEDED
-            session.execute(insert(AttemptRow).values(**attempt))
-            return Outcome(jid, "skipped", reason="claim lost")
-        attempt_id = session.scalar(insert(AttemptRow).values(**attempt).returning(AttemptRow.id))
-        if usage is not None:
-            session.execute(insert(UsageRow).values(attempt_id=attempt_id, **usage))
-        if outcome.action == "done":  # webhooks, published once this transaction commits
-            emit_ai_request_finished(session, claim.job_id, str(outcome.status))
-    return outcome
+        held = records.apply(
+            session,
+            tried.job_id,
+            fenced(AIRequestRow, tried.job_id, claim.token),
+            decision,
+            tried.attempt_id,
+            response=response,
+            latency=latency,
+            now=now,
+        )
+    if not held:
+        # Cancelled meanwhile, or another worker took over: the call is kept in the
+        # history (and its usage, which was paid for); nothing else changes.
+        return Outcome(str(tried.job_id), "skipped", reason="claim lost")
+    return decision.outcome
+
+
+__all__ = ["reset_providers", "run_job"]

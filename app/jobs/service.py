@@ -36,7 +36,7 @@ from app.core.errors import (
 )
 from app.core.publisher import PublishError, get_publisher
 from app.db.base import utcnow
-from app.db.models import AIRequestRow, AttemptRow, JobStatus
+from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
 from app.db.session import session_scope
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class Attempt(BaseModel):
     retry_after_s: float | None
     error_type: str | None
     error_message: str | None
+    agent_run_id: int | None = None  # the tracked agent run that answers this try
+    detail: str | None = None  # why it ended so, when the outcome alone does not say
     started_at: datetime
     finished_at: datetime | None
 
@@ -74,6 +76,7 @@ class Job(BaseModel):
     provider_chain: list[str]
     provider_used: str | None
     model: str | None
+    agent_run_id: int | None = None  # while answered by Codegen: the tracked agent run
     prompt: str
     system_prompt: str | None
     parameters: dict[str, Any]
@@ -312,14 +315,37 @@ def list_jobs(
 def cancel(job_id: uuid.UUID | str) -> bool:
     """Cancel a job that has not finished. True if it was cancelled now.
 
-    A try already in flight is not interrupted, but its answer is discarded.
+    A try already in flight is not interrupted, but its answer is discarded (its usage,
+    paid for, is still counted). A job answered by a Codegen agent run stops waiting
+    for it; Codegen has no cancel endpoint, so the run goes on there and stays tracked
+    as an agent run of its own (``aiw agent show``).
     """
     now = utcnow()
+    jid = _parse_id(job_id)
     with session_scope() as session:
+        session.execute(
+            update(AttemptRow)
+            .where(
+                AttemptRow.request_id == jid,
+                AttemptRow.outcome == AttemptOutcome.STARTED,
+                AttemptRow.agent_run_id.is_not(None),
+                AttemptRow.request_id.in_(
+                    select(AIRequestRow.id).where(
+                        AIRequestRow.id == jid, AIRequestRow.status == JobStatus.AWAITING_RUN
+                    )
+                ),
+            )
+            .values(
+                outcome=AttemptOutcome.SUPERSEDED,
+                finished_at=now,
+                detail="cancelled while its Codegen agent run went on (Codegen cannot cancel)",
+            )
+            .execution_options(synchronize_session=False)
+        )
         result = session.execute(
             update(AIRequestRow)
             .where(
-                AIRequestRow.id == _parse_id(job_id),
+                AIRequestRow.id == jid,
                 AIRequestRow.status.not_in([s.value for s in JobStatus.TERMINAL]),
             )
             .values(
@@ -335,7 +361,7 @@ def cancel(job_id: uuid.UUID | str) -> bool:
             .execution_options(synchronize_session=False)
         )
         changed = bool(getattr(result, "rowcount", 0))
-        if not changed and session.get(AIRequestRow, _parse_id(job_id)) is None:
+        if not changed and session.get(AIRequestRow, jid) is None:
             raise JobNotFoundError(f"no job {job_id}")
         return changed
 

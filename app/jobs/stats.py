@@ -1,7 +1,11 @@
 """Usage and cost from the database (``provider.get_stats()`` is the in-process view).
 
-Every provider call is an attempt row; tokens and cost come from the usage row
-of the successful ones. Figures are grouped by any of ``provider``, ``model``,
+Every provider call is an attempt row; tokens and cost come from the usage rows,
+one per paid answer. ``requests`` counts the calls made: ``successes``, ``failures``
+(an error answer, retried or not), ``lost`` (the worker died during the call: it may
+have been billed), ``superseded`` (answered after the job was cancelled or taken over:
+its cost is counted) and ``in_flight``. ``deferred`` counts tries not made because the
+provider was cooling down (not calls). Figures are grouped by any of ``provider``, ``model``,
 ``day`` (UTC) and ``status`` of the attempt.
 
 The rows of the period are read in one narrow query and added up here, so the
@@ -23,6 +27,14 @@ from app.db.models import AttemptOutcome, AttemptRow, UsageRow
 from app.db.session import session_scope
 
 GROUPS = ("provider", "model", "day", "outcome")
+
+#: Which counter an attempt's outcome adds to (``failures`` for retry and failed).
+_COUNTER = {
+    AttemptOutcome.SUCCEEDED: "successes",
+    AttemptOutcome.LOST: "lost",
+    AttemptOutcome.SUPERSEDED: "superseded",
+    AttemptOutcome.STARTED: "in_flight",
+}
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -77,6 +89,10 @@ def usage_stats(
                     "requests": 0,
                     "successes": 0,
                     "failures": 0,
+                    "lost": 0,
+                    "superseded": 0,
+                    "in_flight": 0,
+                    "deferred": 0,
                     "prompt_tokens": 0,
                     "completion_tokens": 0,
                     "cached_tokens": 0,
@@ -86,9 +102,12 @@ def usage_stats(
                     "cost_unknown": 0,
                 }
                 latencies[key] = []
+            if row.outcome == AttemptOutcome.DEFERRED:  # not called (a shared cooldown)
+                g["deferred"] += 1
+                continue
             g["requests"] += 1
-            if row.outcome == AttemptOutcome.SUCCEEDED:
-                g["successes"] += 1
+            g[_COUNTER.get(row.outcome, "failures")] += 1
+            if row.prompt_tokens is not None:  # a paid answer (a superseded one too)
                 g["prompt_tokens"] += row.prompt_tokens or 0
                 g["completion_tokens"] += row.completion_tokens or 0
                 g["cached_tokens"] += row.cached_tokens or 0
@@ -97,8 +116,6 @@ def usage_stats(
                     g["cost_unknown"] += 1  # answers whose price is not in the table
                 else:
                     g["cost_usd"] += float(row.cost_usd)
-            else:
-                g["failures"] += 1
             if row.latency_s is not None:
                 latencies[key].append(row.latency_s)
     result = []

@@ -5,8 +5,14 @@ Run periodically (Celery beat). It publishes again:
 - jobs still ``queued`` whose message went out more than ``AIW_REPUBLISH_AFTER``
   seconds ago (the broker lost it, or it was never published);
 - jobs ``waiting`` whose ``next_attempt_at`` has come and that have no live
-  message (parked long waits, or a countdown message the broker lost);
-- jobs ``running`` whose lease expired (the worker died or lost its connection).
+  message (parked long waits, or a countdown message that should have fired
+  ``AIW_LEASE`` seconds ago: the worker holding it died);
+- jobs ``running`` whose lease ran out (the worker died, stopped renewing it, or
+  handed it back while stopping).
+
+The condition is the claim machine's (``app.db.claims.needs_message``), shared with
+the webhook delivery sweep and the agent-run creations. Jobs ``awaiting_run`` have no
+message to lose: their tracked agent run finishes them.
 
 Running it twice at once does no harm: rows are taken with
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and stamped ``published_at`` in the
@@ -19,13 +25,14 @@ import logging
 import uuid
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_
 
 from app.config import get_settings
 from app.core.publisher import get_publisher
 from app.db.base import utcnow
+from app.db.claims import needs_message
 from app.db.models import AIRequestRow, JobStatus
-from app.db.outbox import not_recently_published, take_for_publishing
+from app.db.outbox import take_for_publishing
 from app.jobs.service import publish
 
 if TYPE_CHECKING:
@@ -37,19 +44,9 @@ log = logging.getLogger(__name__)
 def due_jobs(settings: Settings, limit: int) -> list[uuid.UUID]:
     """Take up to ``limit`` jobs that need a message, stamping them published now."""
     now = utcnow()
-    not_recent = not_recently_published(AIRequestRow, now, settings.aiw_republish_after)
-    condition = or_(
-        and_(AIRequestRow.status == JobStatus.QUEUED, not_recent),
-        and_(
-            AIRequestRow.status == JobStatus.WAITING,
-            AIRequestRow.next_attempt_at <= now,
-            not_recent,
-        ),
-        and_(
-            AIRequestRow.status == JobStatus.RUNNING,
-            AIRequestRow.lease_expires_at < now,
-            not_recent,
-        ),
+    condition = and_(
+        AIRequestRow.status.in_([JobStatus.QUEUED, JobStatus.WAITING, JobStatus.RUNNING]),
+        needs_message(AIRequestRow, now, settings),
     )
     return take_for_publishing(AIRequestRow, condition, AIRequestRow.created_at, limit, now)
 

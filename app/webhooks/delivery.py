@@ -1,15 +1,20 @@
 """Sending one delivery: what the ``aiw.webhook.deliver`` task calls, and all it does.
 
-Like a job run (``app.jobs.runner``), a try is three short steps and no database
-connection is held during the HTTP request:
+Like a job run (``app.jobs.runner``), a try is three short steps on the one claim
+machine (``app.db.claims``), and no database connection is held during the HTTP
+request:
 
 1. **Claim** the delivery with one conditional UPDATE: only a ``pending``
    delivery that is due and not leased by another worker can be claimed (a
    manual redelivery may claim one in any status). A message for a delivery
    that already succeeded claims nothing: it is never sent again.
 2. **Send** it: the body of its event, signed for this try, POSTed through the
-   URL guard (the address connected to is checked), redirects not followed.
-3. **Record** one attempt row, and the delivery's next state: a 2xx marks it
+   URL guard (the address connected to is checked), redirects not followed. The
+   heartbeat renews the claim's short lease meanwhile; a worker that dies gives the
+   delivery back when it runs out.
+3. **Record**, durably (a database outage is waited out, so a 2xx is never sent
+   twice because PostgreSQL restarted), one attempt row, and the delivery's next
+   state: a 2xx marks it
    succeeded (whoever holds the claim by then: the receiver has the event); a
    failure, fenced by the claim token, schedules a retry after a countdown,
    parks a long wait for the sweep, or fails it; it also extends the endpoint's
@@ -36,7 +41,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import requests
 from sqlalchemy import Integer, String, Uuid, bindparam, cast, func, insert, or_, select, update
@@ -46,6 +51,7 @@ from urllib3.exceptions import MaxRetryError
 
 from app.config import get_settings
 from app.db.base import UTCDateTime, utcnow
+from app.db.claims import Outcome, claimable, hold, lease_until, record_durably
 from app.db.session import create_engine_for, database_url, session_scope
 from app.db.webhook_models import (
     DeliveryStatus,
@@ -70,22 +76,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Action = Literal["done", "retry", "parked", "skipped"]
-
 SNIPPET_BYTES = 1024  # of the response body kept per attempt
 ERROR_CHARS = 2000
-
-
-@dataclass(frozen=True)
-class DeliveryOutcome:
-    """What became of one try, and what the task should do with its message."""
-
-    delivery_id: str
-    action: Action
-    status: str | None = None
-    countdown: float | None = None  # for "retry": publish again after this many seconds
-    status_code: int | None = None
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -161,7 +153,7 @@ def deliver(
     *,
     claim_token: str | None = None,
     settings: Settings | None = None,
-) -> DeliveryOutcome:
+) -> Outcome:
     """Try the delivery once if it is due. ``claim_token`` names this message (the
     Celery task id): the same message retried after a database error takes its own
     claim back at once instead of waiting for the lease to expire."""
@@ -170,12 +162,15 @@ def deliver(
         did = delivery_id if isinstance(delivery_id, uuid.UUID) else uuid.UUID(str(delivery_id))
     except ValueError:
         log.error("dropping a message with a malformed delivery id %r", delivery_id)
-        return DeliveryOutcome(str(delivery_id), "skipped", reason="malformed delivery id")
+        return Outcome(str(delivery_id), "skipped", reason="malformed delivery id")
     claim = _claim(did, claim_token or str(uuid.uuid4()), settings, manual=False)
-    if isinstance(claim, DeliveryOutcome):
+    if isinstance(claim, Outcome):
         return claim
-    result = send(claim, settings)
-    return _record(claim, result, settings)
+    with hold(WebhookDeliveryRow, did, claim.token):
+        result = send(claim, settings)
+        return record_durably(
+            lambda: _record(claim, result, settings), what=f"webhook delivery {did}"
+        )
 
 
 # --- the hot path's database access ----------------------------------------------------
@@ -210,10 +205,6 @@ def _unit() -> Iterator[Session | Connection]:
             yield session
 
 
-def _lease(settings: Settings) -> timedelta:
-    return timedelta(seconds=settings.aiw_webhook_timeout * 3 + 60)
-
-
 _WANTED = (
     WebhookEventRow.id,
     WebhookEventRow.type,
@@ -236,12 +227,13 @@ def _claim_statement(*, manual: bool, joined: bool) -> Any:
     D, E, P = WebhookDeliveryRow, WebhookEventRow, WebhookEndpointRow
     now = bindparam("now", type_=UTCDateTime())
     token = bindparam("token", type_=String())
-    conditions = [
-        D.id == bindparam("did", type_=Uuid()),
-        or_(D.lease_expires_at.is_(None), D.lease_expires_at < now, D.claim_token == token),
-    ]
-    if not manual:
-        conditions += [D.status == DeliveryStatus.PENDING.value, D.next_attempt_at <= now]
+    conditions = [D.id == bindparam("did", type_=Uuid())]
+    if manual:  # any status, due or not, unless another worker is sending it right now
+        conditions.append(
+            or_(D.claim_token.is_(None), D.lease_expires_at < now, D.claim_token == token)
+        )
+    else:
+        conditions += [D.status == DeliveryStatus.PENDING.value, claimable(D, now, token)]
     statement = (
         update(D)
         .where(*conditions)
@@ -260,12 +252,10 @@ def _claim_statement(*, manual: bool, joined: bool) -> Any:
     return statement.returning(D.attempt_count)
 
 
-def _claim(
-    did: uuid.UUID, token: str, settings: Settings, *, manual: bool
-) -> _Claim | DeliveryOutcome:
+def _claim(did: uuid.UUID, token: str, settings: Settings, *, manual: bool) -> _Claim | Outcome:
     now = utcnow()
     D, E, P = WebhookDeliveryRow, WebhookEventRow, WebhookEndpointRow
-    params = {"did": did, "token": token, "now": now, "lease_until": now + _lease(settings)}
+    params = {"did": did, "token": token, "now": now, "lease_until": lease_until(now, settings)}
     with _unit() as session:
         if isinstance(session, Connection):  # one statement
             row = session.execute(_claim_statement(manual=manual, joined=True), params).first()
@@ -304,9 +294,7 @@ def _claim(
                 )
                 .execution_options(synchronize_session=False)
             )
-            return DeliveryOutcome(
-                str(did), "done", DeliveryStatus.ABANDONED, reason="endpoint disabled"
-            )
+            return Outcome(str(did), "done", DeliveryStatus.ABANDONED, reason="endpoint disabled")
         return _Claim(
             delivery_id=did,
             token=token,
@@ -325,24 +313,24 @@ def _claim(
 
 def _not_claimed(
     session: Session | Connection, did: uuid.UUID, now: datetime, *, manual: bool
-) -> DeliveryOutcome:
+) -> Outcome:
     D = WebhookDeliveryRow
     row = session.execute(select(D.status, D.next_attempt_at).where(D.id == did)).first()
     if row is None:
         if manual:
             raise DeliveryNotFoundError(f"no webhook delivery {did}")
         log.warning("webhook delivery %s: no such delivery; message dropped", did)
-        return DeliveryOutcome(str(did), "skipped", reason="no such delivery")
+        return Outcome(str(did), "skipped", reason="no such delivery")
     status, next_attempt_at = row
     if manual:
         raise DeliveryBusyError(f"delivery {did} is being sent right now; try again shortly")
     if status != DeliveryStatus.PENDING:
-        return DeliveryOutcome(str(did), "skipped", status, reason=f"already {status}")
+        return Outcome(str(did), "skipped", status, reason=f"already {status}")
     if next_attempt_at is None or next_attempt_at > now:
         # A duplicate message (the row has its own schedule and a message or the sweep
         # for it): dropping it keeps one message per delivery.
-        return DeliveryOutcome(str(did), "skipped", status, reason="not due")
-    return DeliveryOutcome(str(did), "skipped", status, reason="being sent by another worker")
+        return Outcome(str(did), "skipped", status, reason="not due")
+    return Outcome(str(did), "skipped", status, reason="being sent by another worker")
 
 
 # --- sending: the one boundary that catches everything ---------------------------------
@@ -450,7 +438,7 @@ def _attempt_values(claim: _Claim, result: SendResult) -> dict[str, Any]:
     }
 
 
-def _record(claim: _Claim, result: SendResult, settings: Settings) -> DeliveryOutcome:
+def _record(claim: _Claim, result: SendResult, settings: Settings) -> Outcome:
     if result.ok:
         return _record_success(claim, result)
     return _record_failure(claim, result, settings)
@@ -497,7 +485,7 @@ def _success_statement(*, with_attempt: bool) -> Any:
     )
 
 
-def _record_success(claim: _Claim, result: SendResult) -> DeliveryOutcome:
+def _record_success(claim: _Claim, result: SendResult) -> Outcome:
     """The common case, in one statement on PostgreSQL (two on SQLite). A 2xx is a 2xx:
     the receiver has the event whoever holds the claim now, so the delivery is succeeded
     unconditionally (a later try of another worker records its attempt, nothing more)."""
@@ -513,7 +501,7 @@ def _record_success(claim: _Claim, result: SendResult) -> DeliveryOutcome:
             if recorded is not None:
                 session.execute(insert(WebhookAttemptRow).values(**attempt))
         if recorded is None:  # deleted meanwhile (its endpoint or event was removed)
-            return DeliveryOutcome(did, "skipped", reason="deleted meanwhile")
+            return Outcome(did, "skipped", reason="deleted meanwhile")
         if claim.failing_since is not None:
             session.execute(
                 update(WebhookEndpointRow)
@@ -524,16 +512,16 @@ def _record_success(claim: _Claim, result: SendResult) -> DeliveryOutcome:
                 .values(failing_since=None)
                 .execution_options(synchronize_session=False)
             )
-    return DeliveryOutcome(did, "done", DeliveryStatus.SUCCEEDED, status_code=result.status_code)
+    return Outcome(did, "done", DeliveryStatus.SUCCEEDED, status_code=result.status_code)
 
 
-def _record_failure(claim: _Claim, result: SendResult, settings: Settings) -> DeliveryOutcome:
+def _record_failure(claim: _Claim, result: SendResult, settings: Settings) -> Outcome:
     now = utcnow()
     did = str(claim.delivery_id)
     with session_scope() as session:
         row = session.get(WebhookDeliveryRow, claim.delivery_id, with_for_update=True)
         if row is None:  # deleted meanwhile (its endpoint or event was removed)
-            return DeliveryOutcome(did, "skipped", reason="deleted meanwhile")
+            return Outcome(did, "skipped", reason="deleted meanwhile")
         session.add(WebhookAttemptRow(**_attempt_values(claim, result)))
         ours = row.claim_token == claim.token
         if ours:
@@ -546,34 +534,47 @@ def _record_failure(claim: _Claim, result: SendResult, settings: Settings) -> De
         disabled = _endpoint_failed(session, claim, now, settings, gone=is_gone(result.status_code))
         reason = result.error or "failed"
         if not ours:  # another worker owns it now: its try decides
-            return DeliveryOutcome(did, "skipped", row.status, result.status_code, reason=reason)
+            return Outcome(
+                did, "skipped", row.status, status_code=result.status_code, reason=reason
+            )
         if claim.manual:  # one try by hand: the automatic schedule, if any, goes on
             if row.status == DeliveryStatus.PENDING and row.next_attempt_at is None:
                 row.status = DeliveryStatus.FAILED  # nothing scheduled (a test event)
-            return DeliveryOutcome(did, "done", row.status, result.status_code, reason=reason)
+            return Outcome(did, "done", row.status, status_code=result.status_code, reason=reason)
         if row.status != DeliveryStatus.PENDING:  # it ended meanwhile (endpoint disabled)
-            return DeliveryOutcome(did, "done", row.status, result.status_code, reason=reason)
+            return Outcome(did, "done", row.status, status_code=result.status_code, reason=reason)
         if is_gone(result.status_code):
             row.status = DeliveryStatus.FAILED
             row.next_attempt_at = None
-            return DeliveryOutcome(did, "done", row.status, status_code=410, reason=reason)
+            return Outcome(did, "done", row.status, status_code=410, reason=reason)
         if disabled is not None:
             row.status = DeliveryStatus.ABANDONED
             row.next_attempt_at = None
-            return DeliveryOutcome(did, "done", row.status, result.status_code, reason=disabled)
+            return Outcome(did, "done", row.status, status_code=result.status_code, reason=disabled)
         delay = retry_delay(row.attempt_count, settings.webhook_retry_schedule)
         if delay is None:
             row.status = DeliveryStatus.FAILED
             row.next_attempt_at = None
-            return DeliveryOutcome(
-                did, "done", row.status, result.status_code, reason=f"{reason}; retries spent"
+            return Outcome(
+                did,
+                "done",
+                row.status,
+                status_code=result.status_code,
+                reason=f"{reason}; retries spent",
             )
         row.next_attempt_at = now + timedelta(seconds=delay)
         if delay <= settings.aiw_max_countdown:
             row.published_at = now  # the task publishes itself again with this countdown
-            return DeliveryOutcome(did, "retry", row.status, delay, result.status_code, reason)
+            return Outcome(
+                did,
+                "retry",
+                row.status,
+                countdown=delay,
+                status_code=result.status_code,
+                reason=reason,
+            )
         row.published_at = None  # no message waits for it: the sweep publishes when due
-        return DeliveryOutcome(did, "parked", row.status, None, result.status_code, reason)
+        return Outcome(did, "parked", row.status, status_code=result.status_code, reason=reason)
 
 
 def _endpoint_failed(
@@ -637,7 +638,7 @@ class ManualResult:
     delivery_id: uuid.UUID
     number: int
     result: SendResult
-    outcome: DeliveryOutcome
+    outcome: Outcome
 
 
 def send_now(delivery_id: uuid.UUID, settings: Settings | None = None) -> ManualResult:
@@ -646,8 +647,9 @@ def send_now(delivery_id: uuid.UUID, settings: Settings | None = None) -> Manual
     settings = settings or get_settings()
     claim = _claim(delivery_id, f"manual-{uuid.uuid4()}", settings, manual=True)
     assert isinstance(claim, _Claim)  # the manual claim raises instead of skipping
-    result = send(claim, settings)
-    # If recording fails (database down), the claim's lease runs out and the automatic
-    # path takes the delivery back; the attempt itself is then not recorded.
-    outcome = _record(claim, result, settings)
+    with hold(WebhookDeliveryRow, delivery_id, claim.token):
+        result = send(claim, settings)
+        outcome = record_durably(
+            lambda: _record(claim, result, settings), what=f"webhook delivery {delivery_id}"
+        )
     return ManualResult(delivery_id, claim.number, result, outcome)

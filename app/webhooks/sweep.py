@@ -3,9 +3,10 @@ the long waits parked there.
 
 Called by the periodic ``aiw.maintenance.sweep`` task (beat), next to the job
 sweep. It publishes again every ``pending`` delivery that is due and has no live
-message: parked deliveries (``published_at`` NULL) and deliveries whose message
-went out more than ``AIW_REPUBLISH_AFTER`` seconds ago (lost by the broker, or
-published after a commit by a process that then died). A duplicate message is
+message (``app.db.claims.needs_message``): parked deliveries (``published_at``
+NULL), deliveries whose message went out more than ``AIW_REPUBLISH_AFTER`` seconds
+ago (lost by the broker, or published after a commit by a process that then died),
+and deliveries held by a worker that stopped renewing its lease (it died). A duplicate message is
 harmless: the claim lets one try through.
 """
 
@@ -15,11 +16,12 @@ import logging
 import uuid
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_
 
 from app.config import get_settings
 from app.db.base import utcnow
-from app.db.outbox import not_recently_published, take_for_publishing
+from app.db.claims import needs_message
+from app.db.outbox import take_for_publishing
 from app.db.webhook_models import DeliveryStatus, WebhookDeliveryRow
 from app.webhooks.events import publish_deliveries
 
@@ -33,12 +35,7 @@ def due_deliveries(settings: Settings, limit: int) -> list[uuid.UUID]:
     """Take up to ``limit`` deliveries that need a message, stamping them published now."""
     D = WebhookDeliveryRow
     now = utcnow()
-    condition = and_(
-        D.status == DeliveryStatus.PENDING,
-        D.next_attempt_at <= now,
-        not_recently_published(D, now, settings.aiw_republish_after),
-        or_(D.lease_expires_at.is_(None), D.lease_expires_at < now),
-    )
+    condition = and_(D.status == DeliveryStatus.PENDING, needs_message(D, now, settings))
     return take_for_publishing(D, condition, D.next_attempt_at, limit, now)
 
 

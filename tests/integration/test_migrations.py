@@ -21,7 +21,8 @@ TABLES = {
 COLUMNS = {
     "ai_requests": {
         "id", "kind", "status", "provider_requested", "provider_chain", "provider_index",
-        "provider_used", "model", "prompt", "system_prompt", "parameters", "tags", "subject",
+        "provider_used", "model", "agent_run_id", "prompt", "system_prompt", "parameters",
+        "tags", "subject",
         "result", "error_type", "error_message", "attempt_count", "retries_on_provider",
         "next_attempt_at", "lease_expires_at", "claim_token", "published_at", "idempotency_key",
         "callback",
@@ -30,7 +31,7 @@ COLUMNS = {
     "ai_attempts": {
         "id", "request_id", "number", "provider", "model", "outcome", "http_status",
         "latency_s", "retry_after_s", "error_type", "error_message", "provider_request_id",
-        "started_at", "finished_at",
+        "agent_run_id", "detail", "started_at", "finished_at",
     },
     "ai_usage": {
         "id", "attempt_id", "request_id", "provider", "model", "prompt_tokens",
@@ -55,7 +56,8 @@ COLUMNS = {
         "response_snippet", "created_at",
     },
     "agent_runs": {
-        "id", "remote_id", "state", "remote_status", "source", "marker", "prompt", "repo_id",
+        "id", "remote_id", "state", "remote_status", "source", "marker", "ai_request_id",
+        "prompt", "repo_id",
         "metadata", "model", "agent_type", "tags", "images", "pending_prompt", "callbacks",
         "webhook", "next_poll_at", "poll_interval", "polls_since_change", "poll_failures",
         "last_polled_at", "last_status_change_at", "last_poll_error", "deadline_at",
@@ -99,6 +101,7 @@ INDEXES = {
         ("ix_agent_runs_state_next_poll_at", ("state", "next_poll_at")),
         ("ix_agent_runs_state_next_attempt_at", ("state", "next_attempt_at")),
         ("ix_agent_runs_created_at", ("created_at",)),
+        ("ix_agent_runs_ai_request_id", ("ai_request_id",)),
     },
     "agent_run_events": {("ix_agent_run_events_agent_run_id_id", ("agent_run_id", "id"))},
 }
@@ -133,6 +136,7 @@ FOREIGN_KEYS = {
         ("endpoint_id", "webhook_endpoints", "CASCADE"),
     },
     "webhook_attempts": {("delivery_id", "webhook_deliveries", "CASCADE")},
+    "agent_runs": {("ai_request_id", "ai_requests", "SET NULL")},
     "agent_run_events": {("agent_run_id", "agent_runs", "CASCADE")},
 }
 

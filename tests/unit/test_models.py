@@ -160,7 +160,7 @@ def test_job_status_terminal() -> None:
     assert {"succeeded", "failed", "cancelled"} == JobStatus.TERMINAL
     assert JobStatus.FAILED.is_terminal and not JobStatus.WAITING.is_terminal
     assert [s.value for s in JobStatus] == [
-        "queued", "running", "waiting", "succeeded", "failed", "cancelled"
+        "queued", "running", "waiting", "awaiting_run", "succeeded", "failed", "cancelled"
     ]  # fmt: skip
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 
+from app.ai.base import AIProvider, AIRequest, AIResponse
+from app.ai.factory import register_provider, unregister_provider
 from app.core.cooldown import reset_cooldowns
 from app.core.publisher import set_publisher
 from app.db.base import utcnow
@@ -24,7 +27,6 @@ from app.jobs import cancel, get_attempts, get_job, submit, usage_stats
 from app.jobs.runner import reset_providers, run_job
 from app.jobs.sweep import sweep
 from app.sandbox.base import Fault
-from app.sandbox.codegen_server import FakeCodegenServer
 from app.sandbox.openai_server import FakeOpenAIServer
 
 
@@ -132,33 +134,110 @@ def test_a_long_wait_is_parked_for_the_sweep(
     assert sweep() == 0  # stamped: not published twice
 
 
+class BackupProvider(AIProvider):
+    """A second provider, registered by name, answering without a network."""
+
+    name = "backup"
+
+    def default_timeout(self) -> float:
+        return 1.0
+
+    def default_max_retries(self) -> int:
+        return 0
+
+    def is_configured(self) -> bool:
+        return True
+
+    def _generate(self, request: AIRequest) -> AIResponse:
+        return AIResponse(content=request.prompt.upper(), provider_name=self.name, model="up")
+
+    def validate_credentials(self) -> bool:
+        return True
+
+    def get_available_models(self) -> list[str]:
+        return ["up"]
+
+
+@pytest.fixture
+def backup() -> Iterator[None]:
+    register_provider("backup", lambda **kw: BackupProvider(**kw))
+    yield
+    unregister_provider("backup")
+
+
 def test_spent_retries_fall_back_to_the_next_provider(
-    published: RecordingPublisher, openai_env: FakeOpenAIServer,
-    codegen_env: FakeCodegenServer, env: Any,
+    published: RecordingPublisher, openai_env: FakeOpenAIServer, backup: None, env: Any,
 ) -> None:
-    env(PREFER_CODEGEN="true", CODEGEN_MAX_RETRIES=1)
-    codegen_env.faults.push(Fault.status_code(503), times=2)
+    env(OPENAI_MAX_RETRIES=1)
+    openai_env.faults.push(Fault.status_code(503), times=2)
     handle = submit("fall back")
     assert drive(handle.id)[-1] == "done"
     job = get_job(handle.id)
-    assert job.provider_chain == ["codegen", "openai"]
-    assert job.provider_used == "openai" and job.status == JobStatus.SUCCEEDED
+    assert job.provider_chain == ["openai", "backup"]
+    assert job.provider_used == "backup" and job.status == JobStatus.SUCCEEDED
     assert [(a.provider, a.outcome) for a in get_attempts(handle.id)] == [
-        ("codegen", "retry"), ("codegen", "failed"), ("openai", "succeeded"),
+        ("openai", "retry"), ("openai", "failed"), ("backup", "succeeded"),
     ]
 
 
 def test_forced_provider_does_not_fall_back_and_keeps_the_error(
-    published: RecordingPublisher, openai_env: FakeOpenAIServer,
-    codegen_env: FakeCodegenServer,
+    published: RecordingPublisher, openai_env: FakeOpenAIServer, backup: None,
 ) -> None:
-    codegen_env.faults.push(Fault.status_code(403))
-    handle = submit("codegen only", provider="codegen")
+    openai_env.faults.push(Fault.status_code(401))
+    handle = submit("openai only", provider="openai")
     outcome = run_job(handle.id)
     assert outcome.action == "done" and outcome.status == JobStatus.FAILED
     job = get_job(handle.id)
     assert job.error_type == "ProviderAuthenticationError"
-    assert openai_env.chat_requests() == []
+    assert job.provider_chain == ["openai"]
+
+
+def test_the_attempt_is_written_before_the_call_and_a_lost_one_is_marked(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer
+) -> None:
+    openai_env.latency = 0.5
+    handle = submit("in flight")
+    thread = threading.Thread(target=lambda: run_job(handle.id))
+    thread.start()
+    while not openai_env.chat_requests():
+        time.sleep(0.01)
+    # The call is in flight: its attempt is there already.
+    assert [(a.number, a.outcome) for a in get_attempts(handle.id)] == [(1, "started")]
+    thread.join()
+    assert [a.outcome for a in get_attempts(handle.id)] == ["succeeded"]
+
+    # A worker that died during its call: the next claim marks its attempt lost.
+    orphan = submit("orphan")
+    with session_scope() as s:
+        s.execute(update(AIRequestRow).where(AIRequestRow.id == orphan.id).values(
+            status=JobStatus.RUNNING, claim_token=str(uuid.uuid4()), attempt_count=1,
+            lease_expires_at=utcnow() - timedelta(seconds=1)))
+        s.add(AttemptRow(request_id=orphan.id, number=1, provider="openai",
+                         outcome="started", started_at=utcnow()))
+    assert run_job(orphan.id).action == "done"
+    attempts = get_attempts(orphan.id)
+    assert [(a.number, a.outcome) for a in attempts] == [(1, "lost"), (2, "succeeded")]
+    assert "may have been billed" in (attempts[0].detail or "")
+    stats = usage_stats(group_by=("outcome",))
+    assert {r["outcome"]: r["requests"] for r in stats}["lost"] == 1
+
+
+def test_a_retry_after_beyond_the_cap_parks_the_job_until_the_servers_time(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer, env: Any,
+) -> None:
+    env(RETRY_AFTER_MAX=5)
+    openai_env.faults.push(Fault.rate_limit(retry_after=3600))
+    handle = submit("wait for me")
+    before = utcnow()
+    outcome = run_job(handle.id)
+    assert outcome.action == "parked"  # not an early try at the 5 s cap
+    job = get_job(handle.id)
+    assert job.status == JobStatus.WAITING and job.next_attempt_at is not None
+    assert job.next_attempt_at - before >= timedelta(seconds=3599)
+    (attempt,) = get_attempts(handle.id)
+    assert attempt.outcome == "retry" and attempt.retry_after_s == 3600
+    assert "RETRY_AFTER_MAX=5" in (attempt.detail or "")
+    assert sweep() == 0  # not due: nobody calls before the server's time
 
 
 def test_no_provider_in_the_worker_fails_with_a_clear_reason(
@@ -170,7 +249,7 @@ def test_no_provider_in_the_worker_fails_with_a_clear_reason(
     assert "OPENAI_API_KEY" in (get_job(handle.id).error_message or "")
 
 
-def test_cancel_during_a_call_discards_the_answer(
+def test_cancel_during_a_call_discards_the_answer_but_keeps_what_it_cost(
     published: RecordingPublisher, openai_env: FakeOpenAIServer
 ) -> None:
     openai_env.latency = 0.5
@@ -185,8 +264,8 @@ def test_cancel_during_a_call_discards_the_answer(
     assert result["o"].action == "skipped"
     assert get_job(handle.id).status == JobStatus.CANCELLED
     assert [a.outcome for a in get_attempts(handle.id)] == ["superseded"]
-    with session_scope() as s:
-        assert s.scalar(select(func.count()).select_from(UsageRow)) == 0
+    with session_scope() as s:  # the answer was paid for: its usage is kept
+        assert s.scalar(select(func.count()).select_from(UsageRow)) == 1
 
 
 def test_an_expired_lease_lets_another_delivery_take_over(

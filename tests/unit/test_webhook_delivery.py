@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 from cryptography.fernet import Fernet
 
+from app.db.claims import Outcome
 from app.db.session import session_scope
 from app.jobs import submit
 from app.jobs.runner import reset_providers, run_job
@@ -31,7 +32,7 @@ from app.webhooks import (
     send_test_event,
     verify_webhook,
 )
-from app.webhooks.delivery import DeliveryOutcome, deliver, reset_resources
+from app.webhooks.delivery import deliver, reset_resources
 from app.webhooks.sweep import sweep_deliveries
 from tests.plugins.webhooks import RecordingPublisher
 
@@ -47,7 +48,7 @@ def _emit(event_type: str = "ai_request.succeeded", **payload: object) -> list[u
         return emit(session, event_type, payload or {"id": "j1"})
 
 
-def drive(delivery_id: uuid.UUID, limit: int = 20) -> list[DeliveryOutcome]:
+def drive(delivery_id: uuid.UUID, limit: int = 20) -> list[Outcome]:
     """Deliver until it ends, waiting out each countdown as the broker would."""
     outcomes = []
     for _ in range(limit):
@@ -194,7 +195,7 @@ def test_concurrent_messages_for_one_delivery_send_it_once(
     _endpoint(receiver)
     receiver.latency = 0.3
     (delivery_id,) = _emit()
-    outcomes: list[DeliveryOutcome] = []
+    outcomes: list[Outcome] = []
     barrier = threading.Barrier(6)
 
     def run() -> None:

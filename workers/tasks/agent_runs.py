@@ -2,45 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy.exc import InterfaceError, OperationalError
-
 from app.jobs.agent_runs.actions import create_run, resume_run
 from app.jobs.agent_runs.constants import TASK_CREATE, TASK_POLL, TASK_RESUME
 from app.jobs.agent_runs.poller import poll
-from workers.celery_app import QUEUE_AGENT_RUNS, celery_app
+from workers.celery_app import QUEUE_AGENT_RUNS
+from workers.tasks.base import aiw_task, claimed_task
 
-# The database unreachable: retry the message with backoff; the row is untouched (or
-# still claimed by this message, which takes its claim back).
-DATABASE_DOWN = (OperationalError, InterfaceError)
-
-_RETRY_OPTIONS: dict[str, Any] = {
-    "max_retries": None,  # the row counts Codegen retries; the broker only waits
-    "autoretry_for": DATABASE_DOWN,
-    "retry_backoff": 2,
-    "retry_backoff_max": 60,
-    "retry_jitter": True,
-}
+create_agent_run = claimed_task(TASK_CREATE, QUEUE_AGENT_RUNS)(create_run)
+resume_agent_run = claimed_task(TASK_RESUME, QUEUE_AGENT_RUNS)(resume_run)
 
 
-@celery_app.task(bind=True, name=TASK_CREATE, queue=QUEUE_AGENT_RUNS, **_RETRY_OPTIONS)
-def create_agent_run(self: Any, run_id: int) -> str:
-    outcome = create_run(int(run_id), claim_token=self.request.id)
-    if outcome.action == "retry":
-        raise self.retry(countdown=outcome.countdown, max_retries=None)
-    return outcome.action
-
-
-@celery_app.task(bind=True, name=TASK_RESUME, queue=QUEUE_AGENT_RUNS, **_RETRY_OPTIONS)
-def resume_agent_run(self: Any, run_id: int) -> str:
-    outcome = resume_run(int(run_id), claim_token=self.request.id)
-    if outcome.action == "retry":
-        raise self.retry(countdown=outcome.countdown, max_retries=None)
-    return outcome.action
-
-
-@celery_app.task(name=TASK_POLL, queue=QUEUE_AGENT_RUNS, ignore_result=True)
+@aiw_task(TASK_POLL, QUEUE_AGENT_RUNS, autoretry_for=(), ignore_result=True)
 def poll_agent_runs(round_token: str | None = None, cursor: int | None = 0) -> str:
     """A beat tick starts a round; a round short of budget goes on in a new message
     (never a sleep in this worker slot). A lost continuation costs nothing: its runs

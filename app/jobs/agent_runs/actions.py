@@ -31,20 +31,22 @@ from __future__ import annotations
 import logging
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.codegen import IN_PROGRESS, NEEDS_INPUT, TERMINAL, AgentRun, is_terminal
 from app.config import get_settings
 from app.core.budget import BudgetExhausted
-from app.core.errors import AIProviderError, ProviderRateLimitError
+from app.core.errors import AIProviderError, InvalidRequestError, ProviderRateLimitError
 from app.core.retry import RetryPolicy
 from app.db.agent_run_models import AgentRunEventKind, AgentRunEventRow, AgentRunRow, AgentRunState
 from app.db.base import utcnow
+from app.db.claims import Action, Outcome, claim_values, claimable, hold, record_durably
 from app.db.models import ArtifactRow
 from app.db.session import session_scope
 from app.jobs.agent_runs.changes import ARTIFACT_PROMPT, Notices, mark_create_failed, observe
@@ -56,23 +58,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Action = Literal["done", "retry", "parked", "skipped"]
-
 #: Newest runs searched for the marker of a creation whose outcome is unknown.
 MARKER_LOOKBACK = 100
 #: Tries allowed past ``CODEGEN_MAX_RETRIES`` only to find out whether a creation or a
 #: resume with an unknown outcome went through (the look itself may fail).
 EXTRA_LOOKS = 3
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one try, and what the task should do with its message."""
-
-    run_id: int
-    action: Action
-    countdown: float | None = None  # for "retry": publish again after this many seconds
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,12 +95,19 @@ def create_run(
     claim = _claim(run_id, AgentRunState.CREATING, claim_token or str(uuid.uuid4()), settings)
     if isinstance(claim, Outcome):
         return claim
+    with hold(AgentRunRow, run_id, claim.token):
+        return _create(claim, settings)
+
+
+def _create(claim: _Claim, settings: Settings) -> Outcome:
+    run_id = claim.run_id
     try:
         gateway = get_gateway(settings)
     except AIProviderError as error:  # not configured in this worker
         return _give_up(claim, error.error_type, str(error), settings)
     policy = _policy(settings)
     try:
+        _resolve_repository(claim, gateway)
         if claim.outcome_unknown:
             found = _find_by_marker(gateway, claim.marker)
             if found is not None:
@@ -151,6 +148,11 @@ def resume_run(
     claim = _claim(run_id, AgentRunState.RESUMING, claim_token or str(uuid.uuid4()), settings)
     if isinstance(claim, Outcome):
         return claim
+    with hold(AgentRunRow, run_id, claim.token):
+        return _resume(claim, settings)
+
+
+def _resume(claim: _Claim, settings: Settings) -> Outcome:
     assert claim.remote_id is not None  # only a created run can be resuming
     try:
         gateway = get_gateway(settings)
@@ -180,6 +182,23 @@ def resume_run(
     return _record_started(claim, run, settings)
 
 
+def _resolve_repository(claim: _Claim, gateway: CodegenGateway) -> None:
+    """``metadata["repository"]`` (``owner/repo``) to its ``repo_id``, before any run is
+    created: an unknown name is ``InvalidRequestError`` (the creation fails with it)."""
+    repository = claim.options["metadata"].get("repository")
+    if not isinstance(repository, str) or not repository:
+        return
+    found = gateway.repos.find_repo_id(repository)
+    given = claim.options["repo_id"]
+    if given is not None and given != found:
+        raise InvalidRequestError(
+            f"repository {repository!r} is repo_id {found} at Codegen, but repo_id {given} "
+            "was given: give one of them",
+            provider_name="codegen",
+        )
+    claim.options["repo_id"] = found
+
+
 def _looks_resumed(before: str | None, now: str | None) -> bool:
     return (before in TERMINAL or before in NEEDS_INPUT) and now in IN_PROGRESS
 
@@ -203,21 +222,10 @@ def _claim(run_id: int, state: AgentRunState, token: str, settings: Settings) ->
             .where(
                 AgentRunRow.id == run_id,
                 AgentRunRow.state == state,
-                or_(
-                    AgentRunRow.claim_token == token,
-                    and_(
-                        AgentRunRow.claim_token.is_(None),
-                        or_(
-                            AgentRunRow.next_attempt_at.is_(None),
-                            AgentRunRow.next_attempt_at <= now,
-                        ),
-                    ),
-                    AgentRunRow.lease_expires_at < now,
-                ),
+                claimable(AgentRunRow, now, token),
             )
             .values(
-                claim_token=token,
-                lease_expires_at=now + timedelta(seconds=settings.job_lease),
+                **claim_values(token, now, settings),
                 attempt_count=AgentRunRow.attempt_count + 1,
                 next_attempt_at=None,
                 updated_at=now,
@@ -227,10 +235,14 @@ def _claim(run_id: int, state: AgentRunState, token: str, settings: Settings) ->
         row = session.get(AgentRunRow, run_id)
         if row is None:
             log.warning("agent run %s: no such run; message dropped", run_id)
-            return Outcome(run_id, "skipped", reason="no such run")
+            return Outcome(str(run_id), "skipped", reason="no such run")
         if not getattr(result, "rowcount", 0):
             return _not_claimed(row, state, now, settings)
         prompt = row.prompt if state == AgentRunState.CREATING else row.pending_prompt
+        unknown = row.outcome_unknown
+        # Until this try records its answer, its outcome is unknown: if the worker dies
+        # during the call, whoever claims the row next looks before sending again.
+        row.outcome_unknown = True
         return _Claim(
             run_id=run_id,
             token=token,
@@ -247,7 +259,7 @@ def _claim(run_id: int, state: AgentRunState, token: str, settings: Settings) ->
             },
             marker=row.marker,
             retries=row.retries,
-            outcome_unknown=row.outcome_unknown,
+            outcome_unknown=unknown,
         )
 
 
@@ -255,13 +267,13 @@ def _not_claimed(
     row: AgentRunRow, state: AgentRunState, now: datetime, settings: Settings
 ) -> Outcome:
     if row.state != state:
-        return Outcome(row.id, "skipped", reason=f"already {row.state}")
+        return Outcome(str(row.id), "skipped", reason=f"already {row.state}")
     if row.claim_token is None and row.next_attempt_at is not None:
         remaining = (row.next_attempt_at - now).total_seconds()
         if remaining <= settings.aiw_max_countdown:
-            return Outcome(row.id, "retry", countdown=max(0.0, remaining), reason="early")
-        return Outcome(row.id, "skipped", reason="parked until next_attempt_at")
-    return Outcome(row.id, "skipped", reason="owned by another worker")
+            return Outcome(str(row.id), "retry", countdown=max(0.0, remaining), reason="early")
+        return Outcome(str(row.id), "skipped", reason="parked until next_attempt_at")
+    return Outcome(str(row.id), "skipped", reason="owned by another worker")
 
 
 def _locked(session: Session, claim: _Claim) -> AgentRunRow | None:
@@ -273,6 +285,21 @@ def _locked(session: Session, claim: _Claim) -> AgentRunRow | None:
 
 
 # --- record --------------------------------------------------------------------------
+
+P = ParamSpec("P")
+
+
+def _durable(
+    record: Callable[Concatenate[_Claim, P], Outcome],
+) -> Callable[Concatenate[_Claim, P], Outcome]:
+    """A record that waits out a database outage instead of losing what Codegen said."""
+
+    def durably(claim: _Claim, /, *args: P.args, **kwargs: P.kwargs) -> Outcome:
+        return record_durably(
+            lambda: record(claim, *args, **kwargs), what=f"agent run {claim.run_id}"
+        )
+
+    return durably
 
 
 def _schedule(
@@ -290,6 +317,7 @@ def _schedule(
     return "parked", None
 
 
+@_durable
 def _defer(claim: _Claim, wait: float, settings: Settings) -> Outcome:
     """No budget: give the claim back without calling, try again when there is some."""
     now = utcnow()
@@ -297,12 +325,16 @@ def _defer(claim: _Claim, wait: float, settings: Settings) -> Outcome:
     with session_scope() as session:
         row = _locked(session, claim)
         if row is None:
-            return Outcome(claim.run_id, "skipped", reason="claim lost")
+            return Outcome(str(claim.run_id), "skipped", reason="claim lost")
         row.attempt_count -= 1  # nothing was tried
+        row.outcome_unknown = claim.outcome_unknown
         action, countdown = _schedule(row, delay, now, settings)
-        return Outcome(claim.run_id, action, countdown, reason="waiting for Codegen budget")
+        return Outcome(
+            str(claim.run_id), action, countdown=countdown, reason="waiting for Codegen budget"
+        )
 
 
+@_durable
 def _record_started(claim: _Claim, run: AgentRun, settings: Settings) -> Outcome:
     """Codegen has the run (created, adopted, or resumed): record it and follow it."""
     now = utcnow()
@@ -315,9 +347,10 @@ def _record_started(claim: _Claim, run: AgentRun, settings: Settings) -> Outcome
                 claim.run_id,
                 run.id,
             )
-            return Outcome(claim.run_id, "skipped", reason="claim lost")
+            return Outcome(str(claim.run_id), "skipped", reason="claim lost")
         if claim.state == AgentRunState.CREATING:
             row.remote_id = run.id
+            row.repo_id = claim.options["repo_id"]
         else:
             row.resume_count += 1
             row.resumed_at = now
@@ -356,9 +389,10 @@ def _record_started(claim: _Claim, run: AgentRun, settings: Settings) -> Outcome
         observe(session, row, run, now, settings, notices)
         notices.emit_webhooks(session)
     notices.send_callbacks()
-    return Outcome(claim.run_id, "done", reason=f"{claim.state}: Codegen run {run.id}")
+    return Outcome(str(claim.run_id), "done", reason=f"{claim.state}: Codegen run {run.id}")
 
 
+@_durable
 def _record_failure(
     claim: _Claim, error: AIProviderError, settings: Settings, *, sent: bool
 ) -> Outcome:
@@ -368,9 +402,11 @@ def _record_failure(
     with session_scope() as session:
         row = _locked(session, claim)
         if row is None:
-            return Outcome(claim.run_id, "skipped", reason="claim lost")
-        if sent and error.retryable and not isinstance(error, ProviderRateLimitError):
-            row.outcome_unknown = True  # it may have gone through (timeout, 5xx, bad body)
+            return Outcome(str(claim.run_id), "skipped", reason="claim lost")
+        if sent:  # a timeout, 5xx or bad body may have gone through; a 429 or 4xx did not
+            row.outcome_unknown = error.retryable and not isinstance(error, ProviderRateLimitError)
+        else:  # the look for an earlier try failed: what it was is still unknown
+            row.outcome_unknown = claim.outcome_unknown
         allowed = policy.max_retries + (EXTRA_LOOKS if row.outcome_unknown else 0)
         if error.retryable and row.retries < allowed:
             delay = policy.delay_for(error, row.retries)
@@ -380,19 +416,20 @@ def _record_failure(
                 "agent run %s: %s failed (%s), try again in %.1fs",
                 row.id, claim.state, error.error_type, delay,
             )  # fmt: skip
-            return Outcome(claim.run_id, action, countdown, reason=error.error_type)
+            return Outcome(str(claim.run_id), action, countdown=countdown, reason=error.error_type)
         _end_attempt(session, row, claim, error.error_type, str(error), now, settings)
-        return Outcome(claim.run_id, "done", reason=error.error_type)
+        return Outcome(str(claim.run_id), "done", reason=error.error_type)
 
 
+@_durable
 def _give_up(claim: _Claim, error_type: str, message: str, settings: Settings) -> Outcome:
     now = utcnow()
     with session_scope() as session:
         row = _locked(session, claim)
         if row is None:
-            return Outcome(claim.run_id, "skipped", reason="claim lost")
+            return Outcome(str(claim.run_id), "skipped", reason="claim lost")
         _end_attempt(session, row, claim, error_type, message, now, settings)
-        return Outcome(claim.run_id, "done", reason=error_type)
+        return Outcome(str(claim.run_id), "done", reason=error_type)
 
 
 def _end_attempt(
@@ -406,7 +443,7 @@ def _end_attempt(
 ) -> None:
     if claim.state == AgentRunState.CREATING:
         notices = Notices()
-        mark_create_failed(session, row, error_type, message, now, notices)
+        mark_create_failed(session, row, error_type, message, now, settings, notices)
         notices.emit_webhooks(session)
         return
     # A refused follow-up: the run goes back to being followed as before.

@@ -34,7 +34,9 @@ from app.codegen import AgentRun, AgentRunLog, PullRequest, is_success, is_termi
 from app.core.publisher import get_publisher
 from app.db.agent_run_models import AgentRunEventKind, AgentRunEventRow, AgentRunRow, AgentRunState
 from app.db.models import ArtifactRow
+from app.jobs import remote
 from app.jobs.agent_runs.schedule import interval_for
+from app.webhooks.events import emit
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -95,15 +97,6 @@ class Notices:
                 log.warning("agent run %s: callback %s not sent (%s)", args[0], name, exc)
         self.callbacks.clear()
         return sent
-
-
-def emit(session: Session, event_type: str, payload: dict[str, Any]) -> None:
-    """``app.webhooks.events.emit``: the event and its deliveries in this transaction."""
-    # Imported here: app.webhooks.events imports app.core.publisher, and the app.jobs
-    # package imports this module, a cycle if either is imported at the top.
-    from app.webhooks.events import emit as emit_event
-
-    emit_event(session, event_type, payload)
 
 
 # --- payloads ------------------------------------------------------------------------
@@ -250,6 +243,7 @@ def observe(
         wants_logs = settings.aiw_agent_run_logs and row.remote_id is not None
         row.next_poll_at = now if wants_logs else None
         store_outcome(session, row, run, now)
+        remote.run_ended(session, row, run, now, settings)
     elif not is_terminal(new):
         row.state = AgentRunState.ACTIVE
         row.finished_at = None
@@ -286,13 +280,17 @@ def poll_failed(row: AgentRunRow, error: str, delay: float, now: datetime) -> No
     row.updated_at = now
 
 
-def mark_stuck(session: Session, row: AgentRunRow, now: datetime, notices: Notices) -> None:
-    """The run is past its deadline without ending: stop polling it and say so."""
+def mark_stuck(
+    session: Session, row: AgentRunRow, now: datetime, settings: Settings, notices: Notices
+) -> None:
+    """The run is past its deadline without ending: stop polling it and say so (the job
+    it answers, if any, fails or falls back)."""
     row.state = AgentRunState.STUCK
     row.stuck_at = now
     row.next_poll_at = None
     row.claim_token = None
     row.updated_at = now
+    remote.run_ended(session, row, None, now, settings)
     detail = f"not ended by its deadline {_iso(row.deadline_at)}"
     _event(session, row, AgentRunEventKind.STUCK, row.remote_status, row.remote_status, now, detail)
     notices.webhook(
@@ -313,9 +311,11 @@ def mark_create_failed(
     error_type: str,
     message: str,
     now: datetime,
+    settings: Settings,
     notices: Notices,
 ) -> None:
-    """Codegen refused the creation (or the retries ran out): the run never started."""
+    """Codegen refused the creation (or the retries ran out): the run never started (the
+    job it answers, if any, fails or falls back)."""
     row.state = AgentRunState.CREATE_FAILED
     row.error_type = error_type
     row.error_message = message[:4000]
@@ -325,6 +325,7 @@ def mark_create_failed(
     row.lease_expires_at = None
     row.next_attempt_at = None
     row.updated_at = now
+    remote.run_ended(session, row, None, now, settings)
     _event(
         session, row, AgentRunEventKind.CREATE_FAILED, None, None, now, f"{error_type}: {message}"
     )

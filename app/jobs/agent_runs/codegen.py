@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from app.codegen import AgentRun, AgentRunLogs, AgentRunPage, CodegenClient
+from app.codegen import AgentRun, AgentRunLogs, AgentRunPage, CodegenClient, RepoPage, RepoResolver
 from app.codegen.client import MAX_PAGE_SIZE
 from app.core.budget import BudgetExhausted, CodegenBudget, TokenBucket, get_codegen_budget
 from app.core.cooldown import CooldownStore, credential_digest, get_cooldowns
@@ -53,6 +53,8 @@ class CodegenGateway:
         self.budget = budget
         #: Where this process saw runs in the list (see ``schedule.ListPositions``).
         self.positions = ListPositions()
+        #: ``owner/repo`` -> ``repo_id``, its pages paid from the standard budget.
+        self.repos = RepoResolver(self.list_repos)
         self._cooldowns = cooldowns
         self._standard_name = f"{COOLDOWN_STANDARD}:{digest}"
         self._create_name = f"{COOLDOWN_CREATE}:{digest}"
@@ -72,6 +74,9 @@ class CodegenGateway:
         return self._standard(
             lambda: self.client.get_logs(remote_id, skip=skip, limit=limit), reserve=reserve
         )
+
+    def list_repos(self, skip: int = 0, limit: int = MAX_PAGE_SIZE) -> RepoPage:
+        return self._standard(lambda: self.client.list_repos(skip=skip, limit=limit))
 
     def resume_run(self, remote_id: int, prompt: str, images: Sequence[str] | None) -> AgentRun:
         return self._standard(lambda: self.client.resume_run(remote_id, prompt, images))

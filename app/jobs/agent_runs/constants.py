@@ -15,3 +15,4 @@ MARKER_KEY = "aiw_run_marker"
 #: ``agent_runs.source``.
 SOURCE_SUBMITTED = "submitted"
 SOURCE_TRACKED = "tracked"
+SOURCE_AI_REQUEST = "ai_request"  # started to answer a queued AI request

@@ -55,6 +55,8 @@ from app.core.lease import get_leases
 from app.core.retry import RetryPolicy
 from app.db.agent_run_models import AgentRunRow, AgentRunState
 from app.db.base import utcnow
+from app.db.claims import needs_message
+from app.db.outbox import take_for_publishing
 from app.db.session import session_scope
 from app.jobs.agent_runs.changes import Notices, mark_stuck, observe, poll_failed, store_logs
 from app.jobs.agent_runs.codegen import CodegenGateway, get_gateway
@@ -469,48 +471,23 @@ def mark_stuck_runs(settings: Settings) -> int:
                 "agent run %s (Codegen %s) stuck: still %s at its deadline",
                 row.id, row.remote_id, row.remote_status,
             )  # fmt: skip
-            mark_stuck(session, row, now, notices)
+            mark_stuck(session, row, now, settings, notices)
         notices.emit_webhooks(session)
         return len(rows)
 
 
 def recover_lost_messages(settings: Settings) -> int:
-    """Publish again the creations and resumes whose message the broker lost."""
+    """Publish again the creations and resumes whose message is gone: the broker lost
+    it, or the worker holding the row died (its lease ran out)."""
     now = utcnow()
-    stale = now - timedelta(seconds=settings.aiw_republish_after)
-    with session_scope() as session:
-        rows = session.execute(
-            select(AgentRunRow.id, AgentRunRow.state)
-            .where(
-                AgentRunRow.state.in_([AgentRunState.CREATING, AgentRunState.RESUMING]),
-                or_(
-                    and_(
-                        AgentRunRow.claim_token.is_(None),
-                        or_(
-                            AgentRunRow.next_attempt_at.is_(None),
-                            AgentRunRow.next_attempt_at <= now,
-                        ),
-                        or_(AgentRunRow.published_at.is_(None), AgentRunRow.published_at < stale),
-                    ),
-                    and_(
-                        AgentRunRow.claim_token.is_not(None),
-                        AgentRunRow.lease_expires_at < now,
-                    ),
-                ),
-            )
-            .order_by(AgentRunRow.created_at)
-            .limit(MAINTENANCE_BATCH)
-            .with_for_update(skip_locked=True)
-        ).all()
-        if rows:
-            session.execute(
-                update(AgentRunRow)
-                .where(AgentRunRow.id.in_([row_id for row_id, _ in rows]))
-                .values(published_at=now)
-                .execution_options(synchronize_session=False)
-            )
     sent = 0
-    for row_id, state in rows:
-        if publish(TASK_CREATE if state == AgentRunState.CREATING else TASK_RESUME, row_id):
-            sent += 1
+    for state, task in (
+        (AgentRunState.CREATING, TASK_CREATE),
+        (AgentRunState.RESUMING, TASK_RESUME),
+    ):
+        condition = and_(AgentRunRow.state == state, needs_message(AgentRunRow, now, settings))
+        ids = take_for_publishing(
+            AgentRunRow, condition, AgentRunRow.created_at, MAINTENANCE_BATCH, now
+        )
+        sent += sum(1 for row_id in ids if publish(task, row_id))
     return sent

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from app.codegen import AGENT_TYPES, AgentRun
+from app.codegen import AGENT_TYPES, AgentRun, build_run_input
 from app.config import get_settings
 from app.core.budget import BudgetExhausted
 from app.core.errors import (
@@ -263,12 +263,20 @@ def submit_agent_run(
     tags: list[str] | None = None,
     callbacks: list[str] | None = None,
     webhook: bool = True,
+    *,
+    repository: str | None = None,
+    branch: str | None = None,
+    priority: str | None = None,
 ) -> AgentRunHandle:
     """Start a Codegen agent run in the background and follow it to its end.
 
     Raises ``InvalidRequestError`` (nothing written, nothing queued) for bad input.
     ``callbacks`` are Celery task names, each sent ``(run_id, old_status, new_status)``
     on every status change; ``webhook=False`` keeps this run out of the webhooks.
+    ``repository`` (``owner/repo``) is resolved to its ``repo_id`` by the creation task
+    (an unknown name fails the creation with that reason, before any run is made);
+    ``branch`` is told in the prompt; both and ``priority`` (high, normal, low) are
+    kept in the run's metadata.
     """
     settings = get_settings()
     checked_prompt = _check_prompt(prompt, settings)
@@ -278,14 +286,20 @@ def submit_agent_run(
     checked_tags = _check_names("tags", tags, MAX_TAGS, task_names=False)
     checked_callbacks = _check_names("callbacks", callbacks, MAX_CALLBACKS, task_names=True)
     _check_options(model, agent_type, webhook)
+    options = {"repository": repository, "branch": branch, "priority": priority}
+    run_input = build_run_input(
+        checked_prompt,
+        None,
+        {k: v for k, v in {**options, "metadata": checked_metadata}.items() if v is not None},
+    )
     now = utcnow()
     row = AgentRunRow(
         state=AgentRunState.CREATING,
         source=SOURCE_SUBMITTED,
         marker=uuid.uuid4(),
-        prompt=checked_prompt,
+        prompt=run_input.prompt,
         repo_id=checked_repo,
-        run_metadata=checked_metadata,
+        run_metadata=run_input.metadata,
         images=checked_images,
         model=model,
         agent_type=agent_type,
