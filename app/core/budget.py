@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from app.core import keys
 from app.core.cooldown import CooldownStore, credential_digest, get_cooldowns
-from app.core.errors import CodegenBudgetExhaustedError, ProviderUnavailableError
+from app.core.errors import CodegenBudgetTimeoutError
 from app.core.keys import redis_url_for
 
 if TYPE_CHECKING:
@@ -339,23 +339,6 @@ class CodegenLimiter(Protocol):
 
     def rate_limited(self, kind: RequestKind, retry_after: float | None) -> None:
         """Codegen answered 429 to a ``kind`` request (``retry_after``: its wait, if any)."""
-
-
-class CodegenBudgetTimeoutError(CodegenBudgetExhaustedError, ProviderUnavailableError):
-    """A blocking Codegen request found no token within ``max_wait`` seconds.
-
-    A ``CodegenBudgetExhaustedError`` (``wait``: the seconds still missing) and a
-    provider error (``provider_name="codegen"``, ``retry_after=wait``): not retryable
-    (the wait already happened), but a provider chain falls back to its next provider.
-    Nothing was sent to Codegen.
-    """
-
-    retryable = False
-
-    def __init__(self, message: str, *, wait: float) -> None:
-        CodegenBudgetExhaustedError.__init__(self, message, wait=wait)
-        self.provider_name = "codegen"
-        self.retry_after = wait
 
 
 class BlockingCodegenLimiter:

@@ -32,6 +32,7 @@ whether a provider chain may move on to its next provider (``fallback``).
     │   ├── JobFailedError                 the job ended without an answer
     │   ├── AgentRunStateError             not allowed in the run's state
     │   └── CodegenBudgetExhaustedError    no Codegen request possible within the wait
+    │       └── CodegenBudgetTimeoutError  ... in a blocking call (a provider error too)
     └── PublishError                       the queue did not take a message (the sweep will)
 """
 
@@ -269,6 +270,23 @@ class CodegenBudgetExhaustedError(JobError):
     def __init__(self, message: str, *, wait: float) -> None:
         super().__init__(message)
         self.wait = wait
+
+
+class CodegenBudgetTimeoutError(CodegenBudgetExhaustedError, ProviderUnavailableError):
+    """A blocking Codegen request found no token within ``max_wait`` seconds.
+
+    A ``CodegenBudgetExhaustedError`` (``wait``: the seconds still missing) and a
+    provider error (``provider_name="codegen"``, ``retry_after=wait``): not retryable
+    (the wait already happened), but a provider chain falls back to its next provider.
+    Nothing was sent to Codegen.
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, wait: float) -> None:
+        CodegenBudgetExhaustedError.__init__(self, message, wait=wait)
+        self.provider_name = "codegen"
+        self.retry_after = wait
 
 
 class PublishError(AIWorkerError, RuntimeError):

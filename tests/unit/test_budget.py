@@ -22,7 +22,6 @@ from app.core.budget import (
     BlockingCodegenLimiter,
     BucketSpec,
     CodegenBudget,
-    CodegenBudgetTimeoutError,
     MemoryTokenBucket,
     RedisTokenBucket,
     blocking_limiter,
@@ -32,7 +31,7 @@ from app.core.budget import (
     wait_at_most,
 )
 from app.core.cooldown import credential_digest, get_cooldowns, reset_cooldowns
-from app.core.errors import AIProviderError, CodegenBudgetExhaustedError
+from app.core.errors import AIProviderError, CodegenBudgetExhaustedError, CodegenBudgetTimeoutError
 from app.core.retry import RetryPolicy
 from tests.plugins.codegen_fake import ManualClock
 

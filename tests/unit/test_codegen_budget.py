@@ -20,12 +20,11 @@ from app.core.budget import (
     BlockingCodegenLimiter,
     BucketSpec,
     CodegenBudget,
-    CodegenBudgetTimeoutError,
     MemoryTokenBucket,
     get_codegen_budget,
 )
 from app.core.cooldown import MemoryCooldowns, credential_digest
-from app.core.errors import AIProviderError, CodegenBudgetExhaustedError
+from app.core.errors import AIProviderError, CodegenBudgetExhaustedError, CodegenBudgetTimeoutError
 from app.sandbox.base import Fault
 from app.sandbox.codegen_server import FakeCodegenServer
 

@@ -20,9 +20,9 @@ from app.codegen import (
     is_terminal,
 )
 from app.codegen import status as st
-from app.core.budget import CodegenBudgetTimeoutError
 from app.core.errors import (
     CodegenBudgetExhaustedError,
+    CodegenBudgetTimeoutError,
     InvalidRequestError,
     ProviderAuthenticationError,
     ProviderBadRequestError,
