@@ -238,7 +238,8 @@ class Heartbeat:
                 result = session.execute(
                     update(model)
                     .where(model.claim_token.in_(list(tokens)))
-                    .values(lease_expires_at=now - timedelta(seconds=1))
+                    # No message waits for it any more: the sweep publishes it at once.
+                    .values(lease_expires_at=now - timedelta(seconds=1), published_at=None)
                     .execution_options(synchronize_session=False)
                 )
                 handed += int(getattr(result, "rowcount", 0) or 0)

@@ -13,9 +13,17 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from app.core.budget import reset_budgets
+from app.core.cooldown import reset_cooldowns
+from app.db.agent_run_models import AgentRunRow, AgentRunState
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
 from app.db.session import session_scope
-from app.jobs import submit, usage_stats
+from app.db.webhook_models import DeliveryStatus, WebhookAttemptRow, WebhookDeliveryRow
+from app.jobs import submit, submit_agent_run, usage_stats
+from app.jobs.agent_runs.codegen import reset_gateways
+from app.sandbox.codegen_server import FakeCodegenServer
+from app.sandbox.webhook_receiver import WebhookReceiver
+from app.webhooks import register_endpoint
 from tests.integration.test_queue import assert_each_ran_once, wait_all_finished
 from tests.plugins.queue import QueueBed
 from tests.plugins.services import TcpProxy
@@ -25,18 +33,19 @@ pytestmark = pytest.mark.integration
 
 def outcomes(ids: list[uuid.UUID]) -> Counter[str]:
     with session_scope() as s:
-        return Counter(
-            s.scalars(select(AttemptRow.outcome).where(AttemptRow.request_id.in_(ids)))
-        )
+        return Counter(s.scalars(select(AttemptRow.outcome).where(AttemptRow.request_id.in_(ids))))
 
 
 def count_succeeded(ids: list[uuid.UUID]) -> int:
     with session_scope() as s:
-        return s.scalar(
-            select(func.count())
-            .select_from(AIRequestRow)
-            .where(AIRequestRow.id.in_(ids), AIRequestRow.status == JobStatus.SUCCEEDED)
-        ) or 0
+        return (
+            s.scalar(
+                select(func.count())
+                .select_from(AIRequestRow)
+                .where(AIRequestRow.id.in_(ids), AIRequestRow.status == JobStatus.SUCCEEDED)
+            )
+            or 0
+        )
 
 
 def calls(bed: QueueBed) -> int:
@@ -121,3 +130,71 @@ def test_sigterm_hands_running_calls_back_within_the_grace(queue_bed: QueueBed) 
     assert assert_each_ran_once(ids) == (10, 0)
     seen = outcomes(ids)
     assert seen[AttemptOutcome.LOST] == 10 and seen[AttemptOutcome.SUCCEEDED] == 10, seen
+
+
+def test_kill_9_holding_deliveries_and_agent_run_creations_every_one_ends_once(
+    webhook_bed: QueueBed, receiver: WebhookReceiver
+) -> None:
+    """A worker dies while it sends webhooks and creates Codegen runs: each delivery
+    succeeds once and each creation makes exactly one remote run (the next try finds
+    the marker of the run the dead worker's request created)."""
+    codegen = FakeCodegenServer(latency=3.0, pending_seconds=0.5, active_seconds=0.5).start()
+    try:
+        webhook_bed.configure(
+            CODEGEN_TOKEN=codegen.token,
+            CODEGEN_ORG_ID=codegen.org_id,
+            CODEGEN_BASE_URL=codegen.url,
+            CODEGEN_TIMEOUT=10,
+            AIW_LEASE=3,
+            AIW_HEARTBEAT_INTERVAL=1,
+            AIW_AGENT_POLL_SWEEP_INTERVAL=0.5,
+            AIW_AGENT_POLL_INTERVAL=0.5,
+            AIW_AGENT_RUN_LOGS="false",
+        )
+        for reset in (reset_budgets, reset_gateways, reset_cooldowns):
+            reset()
+        _, receiver.secret = register_endpoint(receiver.url, ["ai_request.succeeded"])
+        receiver.latency = 3.0
+        doomed = webhook_bed.worker(concurrency=20)
+        jobs = [submit(f"then a webhook {n}").id for n in range(8)]
+        runs = [submit_agent_run(f"create me {n}").id for n in range(4)]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+            len(receiver.requests) >= 4 and len(codegen.requests) >= 4
+        ):
+            time.sleep(0.05)
+        doomed.kill9()
+        assert receiver.verified() == [] and codegen.run_count == 0  # all still in flight
+        receiver.latency = codegen.latency = 0.0
+        webhook_bed.worker(concurrency=8)
+        webhook_bed.beat()
+        wait_all_finished(jobs, timeout=60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with session_scope() as s:
+                pending = s.scalar(
+                    select(func.count())
+                    .select_from(WebhookDeliveryRow)
+                    .where(WebhookDeliveryRow.status != DeliveryStatus.SUCCEEDED)
+                )
+                states = set(s.scalars(select(AgentRunRow.state).where(AgentRunRow.id.in_(runs))))
+            if pending == 0 and states == {AgentRunState.FINISHED}:
+                break
+            time.sleep(0.2)
+        assert pending == 0 and states == {AgentRunState.FINISHED}, (pending, states)
+        with session_scope() as s:
+            deliveries = list(s.scalars(select(WebhookDeliveryRow)))
+            ok = Counter(
+                s.scalars(
+                    select(WebhookAttemptRow.delivery_id).where(
+                        WebhookAttemptRow.status_code == 200
+                    )
+                )
+            )
+        assert len(deliveries) == 8 and all(ok[d.id] == 1 for d in deliveries), ok
+        # The receiver may have seen a delivery twice (the dead worker's POST arrived):
+        # the same webhook-id both times, its idempotency key.
+        assert {r.webhook_id for r in receiver.verified()} == {d.event_id for d in deliveries}
+        assert codegen.run_count == 4  # never a second remote run
+    finally:
+        codegen.stop()
