@@ -18,11 +18,8 @@ from kombu.entity import Exchange, Queue
 
 from app import topology
 from app.config import Settings, get_settings
+from app.core.publisher import QUEUE_AGENT_RUNS, QUEUE_AI, QUEUE_MAINTENANCE, QUEUE_WEBHOOKS
 
-QUEUE_AI = "ai_requests"
-QUEUE_AGENT_RUNS = "agent_runs"
-QUEUE_WEBHOOKS = "webhooks"
-QUEUE_MAINTENANCE = "maintenance"
 ALL_QUEUES = (QUEUE_AI, QUEUE_AGENT_RUNS, QUEUE_WEBHOOKS, QUEUE_MAINTENANCE)
 
 TASK_RUN_AI_REQUEST = "aiw.ai_request.run"

@@ -46,6 +46,13 @@ class CeleryPublisher:
             for queue in queues():
                 queue.bind(channel).declare()
 
+    def queue_depth(self, queue: str) -> int | None:
+        """Messages ready in ``queue`` (a passive declare: AMQP, Redis and the SQL
+        transport all answer it)."""
+        with self.app.connection_for_read() as conn:
+            declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+        return int(declared.message_count)
+
     def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
         self._send(TASK_RUN_AI_REQUEST, [job_id], countdown)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from celery.signals import (
     setup_logging,
+    task_received,
     worker_process_init,
     worker_process_shutdown,
     worker_shutting_down,
@@ -17,7 +18,7 @@ from celery.signals import (
 
 from app.config import get_settings
 from app.core.cooldown import reset_cooldowns
-from app.db.claims import get_heartbeat
+from app.db.heartbeat import get_heartbeat
 from app.db.session import dispose_engines
 from app.jobs.runner import reset_providers
 
@@ -88,3 +89,22 @@ def _watch(grace: float) -> None:
     for handler in logging.getLogger().handlers:
         handler.flush()
     os._exit(0)  # threads blocked in a call cannot be stopped otherwise
+
+
+@task_received.connect
+def _reserve(request: Any = None, **_: Any) -> None:
+    """This worker holds the message of a claimed kind of row (until it runs): the
+    heartbeat vouches for it if it waits, so the sweep knows it lives here, and finds it
+    lost as soon as this process dies (``app.db.heartbeat``)."""
+    from workers.tasks.base import RESERVABLE
+
+    known = RESERVABLE.get(getattr(request, "name", None) or "")
+    args = getattr(request, "args", None)
+    if known is None or not args:
+        return
+    model, parse, waiting = known
+    try:
+        row_id = parse(args[0])
+    except (ValueError, TypeError):
+        return  # a malformed id: the task drops the message itself
+    get_heartbeat().reserve(model, row_id, waiting)

@@ -75,7 +75,6 @@ class MemoryCooldowns:
             return max(0.0, self._until.get(name, 0.0) - time.monotonic())
 
 
-
 _stores: dict[str | None, CooldownStore] = {}
 _stores_lock = threading.Lock()
 

@@ -16,12 +16,30 @@ from app.core.errors import PublishError
 
 ENTRY_POINT_GROUP = "ai_worker.publishers"
 
-__all__ = ["ENTRY_POINT_GROUP", "PublishError", "Publisher", "get_publisher", "set_publisher"]
+#: The broker queues (one per kind of work; ``workers.celery_app`` declares them).
+QUEUE_AI = "ai_requests"
+QUEUE_AGENT_RUNS = "agent_runs"
+QUEUE_WEBHOOKS = "webhooks"
+QUEUE_MAINTENANCE = "maintenance"
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "QUEUE_AGENT_RUNS",
+    "QUEUE_AI",
+    "QUEUE_MAINTENANCE",
+    "QUEUE_WEBHOOKS",
+    "PublishError",
+    "Publisher",
+    "get_publisher",
+    "queue_is_empty",
+    "set_publisher",
+]
 
 
 class Publisher(Protocol):
     def ensure_routes(self) -> None:
         """Make sure the broker routes messages to our queues (after a broker reset)."""
+
     def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
         """Queue one run of the AI request ``job_id`` (after ``countdown`` seconds)."""
 
@@ -31,6 +49,10 @@ class Publisher(Protocol):
     def publish_delivery(self, delivery_id: str, *, countdown: float | None = None) -> None:
         """Queue one try of the webhook delivery ``delivery_id`` (after ``countdown`` s).
         A broker failure is raised as ``PublishError``."""
+
+    def queue_depth(self, queue: str) -> int | None:
+        """Messages waiting in ``queue`` (not counting those a worker holds); None when
+        the broker cannot say."""
 
 
 _publisher: Publisher | None = None
@@ -56,3 +78,12 @@ def get_publisher() -> Publisher:
                 )
             _publisher = found[0].load()()
         return _publisher
+
+
+def queue_is_empty(queue: str) -> bool:
+    """True only if the broker says no message waits in ``queue`` (False when unknown)."""
+    try:
+        depth = get_publisher().queue_depth(queue)
+    except Exception:  # noqa: BLE001 - unknown is not empty: the sweep waits longer then
+        return False
+    return depth == 0

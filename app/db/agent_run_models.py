@@ -127,6 +127,8 @@ class AgentRunRow(TimestampMixin, Base):
     # column: the attribute name is taken by SQLAlchemy).
     prompt: Mapped[str | None] = mapped_column(Text)  # None for a run tracked by id
     repo_id: Mapped[int | None] = mapped_column(BigInteger)
+    # ``owner/repo`` asked for by name: the creation task resolves it to ``repo_id``.
+    repository: Mapped[str | None] = mapped_column(String(255))
     run_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
     model: Mapped[str | None] = mapped_column(String(255))
     agent_type: Mapped[str | None] = mapped_column(String(32))

@@ -36,20 +36,14 @@ message (done, retry after a countdown, parked in the database, skipped).
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from sqlalchemy import ColumnElement, and_, or_, update
+from sqlalchemy import ColumnElement, and_, literal, or_
 from sqlalchemy.exc import InterfaceError, OperationalError
-
-from app.db.base import utcnow
-from app.db.session import session_scope
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -112,12 +106,13 @@ def due(model: Any, now: datetime | Any) -> ColumnElement[bool]:
 
 def claimable(model: Any, now: datetime | Any, token: str | Any) -> ColumnElement[bool]:
     """Free and due, or ours already (the same message again), or its holder's lease
-    ran out. Each kind adds the statuses that may be claimed. ``now`` and ``token`` may
-    be bind parameters (a statement built once)."""
+    ran out (and it is due: a kind may set ``next_attempt_at`` at the claim to say how
+    soon a dead holder's work may be taken over). Each kind adds its statuses. ``now``
+    and ``token`` may be bind parameters (a statement built once)."""
     return or_(
         model.claim_token == token,
         and_(model.claim_token.is_(None), due(model, now)),
-        model.lease_expires_at < now,
+        and_(model.lease_expires_at < now, due(model, now)),
     )
 
 
@@ -126,14 +121,24 @@ def fenced(model: Any, row_id: Any, token: str) -> ColumnElement[bool]:
     return and_(model.id == row_id, model.claim_token == token)
 
 
-def needs_message(model: Any, now: datetime, settings: Settings) -> ColumnElement[bool]:
+#: Seconds after its last message that a free row is taken for lost when the broker
+#: says its queue is empty and no worker vouches for the message.
+QUIET = 5.0
+
+
+def needs_message(
+    model: Any, now: datetime, settings: Settings, *, queue_empty: bool = False
+) -> ColumnElement[bool]:
     """Rows whose broker message may be gone, for the sweeps (each adds its statuses).
 
     - free and due with no message since it became due: parked (``published_at`` NULL),
-      or a countdown message that should have fired ``AIW_LEASE`` seconds ago (its
-      worker died holding it);
+      a countdown message that should have fired ``AIW_LEASE`` seconds ago, or a
+      message a worker received and vouched for but no longer does (it died holding
+      it, before claiming the row);
     - held under a lease that ran out, with no message since (the worker died);
-    - or a message older than ``AIW_REPUBLISH_AFTER`` (the broker lost it).
+    - or a message older than ``AIW_REPUBLISH_AFTER`` (the broker lost it), or older
+      than ``QUIET`` seconds while the broker says the queue is empty (``queue_empty``)
+      and no worker vouches for it.
 
     The sweep stamps ``published_at`` when it publishes, so a row is published once per
     loss; a duplicate message is harmless (the claim lets one through).
@@ -147,11 +152,23 @@ def needs_message(model: Any, now: datetime, settings: Settings) -> ColumnElemen
             model.published_at.is_(None),
             model.published_at < stale,
             and_(model.next_attempt_at <= grace, model.published_at < model.next_attempt_at),
+            # A worker vouched that it holds the message (``Heartbeat.reserve``) and
+            # stopped vouching: the message died with it.
+            and_(model.lease_expires_at.is_not(None), model.lease_expires_at < now),
+            # The queue is empty and nobody vouches: the message is nowhere (its
+            # publisher died between the commit and the publish, or a worker took it
+            # and died at once).
+            and_(
+                literal(queue_empty),
+                model.lease_expires_at.is_(None),
+                model.published_at < now - timedelta(seconds=QUIET),
+            ),
         ),
     )
     lost = and_(
         model.claim_token.is_not(None),
         model.lease_expires_at < now,
+        due(model, now),
         or_(
             model.published_at.is_(None),
             model.published_at < model.lease_expires_at,
@@ -159,131 +176,6 @@ def needs_message(model: Any, now: datetime, settings: Settings) -> ColumnElemen
         ),
     )
     return or_(free_and_due, lost)
-
-
-# --- the heartbeat ----------------------------------------------------------------------
-
-
-class Heartbeat:
-    """The rows this process holds, and the thread that renews their leases.
-
-    ``hold(model, row_id, token)`` registers a claim for as long as its ``with`` block
-    runs; the thread (started on first use) renews, every ``AIW_HEARTBEAT_INTERVAL``
-    seconds, the lease of every held row: one UPDATE per table. A failed beat (the
-    database is down) is logged and the next one tries again.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._held: dict[Any, dict[str, Any]] = {}  # model -> {token: row id}
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self.beats = 0
-
-    @contextmanager
-    def hold(self, model: Any, row_id: Any, token: str) -> Iterator[None]:
-        with self._lock:
-            self._held.setdefault(model, {})[token] = row_id
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="aiw-heartbeat", daemon=True
-                )
-                self._thread.start()
-        try:
-            yield
-        finally:
-            with self._lock:
-                tokens = self._held.get(model)
-                if tokens is not None:
-                    tokens.pop(token, None)
-                    if not tokens:
-                        del self._held[model]
-
-    def held(self) -> dict[Any, dict[str, Any]]:
-        """A copy of what is held now: ``{model: {token: row id}}``."""
-        with self._lock:
-            return {model: dict(tokens) for model, tokens in self._held.items()}
-
-    def count(self) -> int:
-        with self._lock:
-            return sum(len(tokens) for tokens in self._held.values())
-
-    def beat(self) -> int:
-        """Renew every held lease now; how many rows were renewed."""
-        renewed = 0
-        now = utcnow()
-        until = lease_until(now)
-        for model, tokens in self.held().items():
-            with session_scope() as session:
-                result = session.execute(
-                    update(model)
-                    .where(model.claim_token.in_(list(tokens)))
-                    .values(lease_expires_at=until)
-                    .execution_options(synchronize_session=False)
-                )
-                renewed += int(getattr(result, "rowcount", 0) or 0)
-        self.beats += 1
-        return renewed
-
-    def hand_back(self) -> int:
-        """End the lease of every held row now: another worker may take them at once.
-
-        The claims stay ours until someone else claims: an answer that arrives before
-        that is still recorded, one that arrives after is fenced off."""
-        handed = 0
-        now = utcnow()
-        for model, tokens in self.held().items():
-            with session_scope() as session:
-                result = session.execute(
-                    update(model)
-                    .where(model.claim_token.in_(list(tokens)))
-                    # No message waits for it any more: the sweep publishes it at once.
-                    .values(lease_expires_at=now - timedelta(seconds=1), published_at=None)
-                    .execution_options(synchronize_session=False)
-                )
-                handed += int(getattr(result, "rowcount", 0) or 0)
-        return handed
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
-    def stop(self) -> None:
-        """This process is stopping: no more waiting for the database in ``record_durably``."""
-        self._stopping.set()
-        self._wake.set()
-
-    def _run(self) -> None:
-        interval = _settings().aiw_heartbeat_interval
-        while True:
-            self._wake.wait(interval)
-            if self._stopping.is_set():
-                return
-            if not self.count():
-                continue
-            try:
-                self.beat()
-            except Exception as exc:  # noqa: BLE001 - the heartbeat must outlive any failure
-                log.warning("lease heartbeat failed (%s); next beat in %gs", exc, interval)
-
-
-_heartbeat: tuple[int, Heartbeat] | None = None
-_heartbeat_lock = threading.Lock()
-
-
-def get_heartbeat() -> Heartbeat:
-    """This process's heartbeat (a forked child makes its own)."""
-    global _heartbeat
-    with _heartbeat_lock:
-        if _heartbeat is None or _heartbeat[0] != os.getpid():
-            _heartbeat = (os.getpid(), Heartbeat())
-        return _heartbeat[1]
-
-
-def hold(model: Any, row_id: Any, token: str) -> Any:
-    """``get_heartbeat().hold(...)``: keep this row's lease alive while the block runs."""
-    return get_heartbeat().hold(model, row_id, token)
 
 
 # --- recording what was paid for -------------------------------------------------------
@@ -298,6 +190,8 @@ def record_durably(record: Callable[[], T], *, what: str) -> T:
     Only "the database is unreachable" is waited out; any other error is raised. Gives
     up (raising the last error) once the process is stopping: the claim's lease then
     runs out and the attempt shows as lost."""
+    from app.db.heartbeat import get_heartbeat  # the heartbeat imports this module
+
     heartbeat = get_heartbeat()
     tries = 0
     while True:
@@ -321,14 +215,11 @@ def record_durably(record: Callable[[], T], *, what: str) -> T:
 __all__ = [
     "DATABASE_DOWN",
     "Action",
-    "Heartbeat",
     "Outcome",
     "claim_values",
     "claimable",
     "due",
     "fenced",
-    "get_heartbeat",
-    "hold",
     "lease_until",
     "needs_message",
     "record_durably",

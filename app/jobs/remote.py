@@ -88,6 +88,7 @@ def start_run(
         ai_request_id=tried.job_id,
         prompt=spec.prompt,
         repo_id=spec.repo_id,
+        repository=spec.repository if spec.needs_resolution else None,
         run_metadata=spec.metadata,
         images=spec.images,
         model=spec.model,

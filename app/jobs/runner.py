@@ -40,7 +40,8 @@ from app.config import get_settings
 from app.core.cooldown import credential_digest, get_cooldowns
 from app.core.errors import AIProviderError, ProviderRateLimitError, ProviderUnavailableError
 from app.db.base import utcnow
-from app.db.claims import Outcome, claim_values, claimable, fenced, hold, record_durably
+from app.db.claims import Outcome, claim_values, claimable, fenced, record_durably
+from app.db.heartbeat import hold
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
 from app.db.session import session_scope
 from app.jobs import records, remote

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import and_
 
 from app.config import get_settings
-from app.core.publisher import get_publisher
+from app.core.publisher import QUEUE_AI, get_publisher, queue_is_empty
 from app.db.base import utcnow
 from app.db.claims import needs_message
 from app.db.models import AIRequestRow, JobStatus
@@ -46,7 +46,7 @@ def due_jobs(settings: Settings, limit: int) -> list[uuid.UUID]:
     now = utcnow()
     condition = and_(
         AIRequestRow.status.in_([JobStatus.QUEUED, JobStatus.WAITING, JobStatus.RUNNING]),
-        needs_message(AIRequestRow, now, settings),
+        needs_message(AIRequestRow, now, settings, queue_empty=queue_is_empty(QUEUE_AI)),
     )
     return take_for_publishing(AIRequestRow, condition, AIRequestRow.created_at, limit, now)
 

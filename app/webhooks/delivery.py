@@ -51,7 +51,8 @@ from urllib3.exceptions import MaxRetryError
 
 from app.config import get_settings
 from app.db.base import UTCDateTime, utcnow
-from app.db.claims import Outcome, claimable, hold, lease_until, record_durably
+from app.db.claims import Outcome, claimable, lease_until, record_durably
+from app.db.heartbeat import hold
 from app.db.session import create_engine_for, database_url, session_scope
 from app.db.webhook_models import (
     DeliveryStatus,

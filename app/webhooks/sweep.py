@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import and_
 
 from app.config import get_settings
+from app.core.publisher import QUEUE_WEBHOOKS, queue_is_empty
 from app.db.base import utcnow
 from app.db.claims import needs_message
 from app.db.outbox import take_for_publishing
@@ -35,7 +36,10 @@ def due_deliveries(settings: Settings, limit: int) -> list[uuid.UUID]:
     """Take up to ``limit`` deliveries that need a message, stamping them published now."""
     D = WebhookDeliveryRow
     now = utcnow()
-    condition = and_(D.status == DeliveryStatus.PENDING, needs_message(D, now, settings))
+    empty = queue_is_empty(QUEUE_WEBHOOKS)
+    condition = and_(
+        D.status == DeliveryStatus.PENDING, needs_message(D, now, settings, queue_empty=empty)
+    )
     return take_for_publishing(D, condition, D.next_attempt_at, limit, now)
 
 

@@ -3,7 +3,8 @@
 - ``ai_requests.status`` may be ``awaiting_run`` (answered by a tracked agent run);
   ``ai_requests.agent_run_id`` names that run (no foreign key: the link's integrity is
   ``agent_runs.ai_request_id``'s, a cycle otherwise).
-- ``agent_runs.ai_request_id`` -> ``ai_requests.id`` (``ON DELETE SET NULL``).
+- ``agent_runs.ai_request_id`` -> ``ai_requests.id`` (``ON DELETE SET NULL``), and
+  ``agent_runs.repository`` (``owner/repo``, resolved to ``repo_id`` by the creation).
 - ``ai_attempts.outcome`` may be ``started`` (in flight) and ``lost`` (its worker died);
   ``ai_attempts.agent_run_id`` and ``ai_attempts.detail`` (why, in words).
 
@@ -53,6 +54,7 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("agent_runs") as batch:
         batch.add_column(sa.Column("ai_request_id", sa.Uuid(), nullable=True))
+        batch.add_column(sa.Column("repository", sa.String(255), nullable=True))
         batch.create_foreign_key(
             op.f(RUNS_FK), "ai_requests", ["ai_request_id"], ["id"], ondelete="SET NULL"
         )
@@ -63,6 +65,7 @@ def downgrade() -> None:
     with op.batch_alter_table("agent_runs") as batch:
         batch.drop_index("ix_agent_runs_ai_request_id")
         batch.drop_constraint(op.f(RUNS_FK), type_="foreignkey")
+        batch.drop_column("repository")
         batch.drop_column("ai_request_id")
     op.execute("UPDATE ai_attempts SET outcome = 'failed' WHERE outcome IN ('started', 'lost')")
     with op.batch_alter_table("ai_attempts") as batch:

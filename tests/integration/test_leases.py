@@ -181,7 +181,14 @@ def test_kill_9_holding_deliveries_and_agent_run_creations_every_one_ends_once(
             if pending == 0 and states == {AgentRunState.FINISHED}:
                 break
             time.sleep(0.2)
-        assert pending == 0 and states == {AgentRunState.FINISHED}, (pending, states)
+        with session_scope() as s:
+            left = [
+                (d.status, d.claim_token, d.lease_expires_at, d.published_at, d.next_attempt_at,
+                 d.attempt_count, d.created_at)
+                for d in s.scalars(select(WebhookDeliveryRow).where(
+                    WebhookDeliveryRow.status != DeliveryStatus.SUCCEEDED))
+            ]  # fmt: skip
+        assert pending == 0 and states == {AgentRunState.FINISHED}, (pending, states, left)
         with session_scope() as s:
             deliveries = list(s.scalars(select(WebhookDeliveryRow)))
             ok = Counter(

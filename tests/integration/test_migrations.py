@@ -57,7 +57,7 @@ COLUMNS = {
     },
     "agent_runs": {
         "id", "remote_id", "state", "remote_status", "source", "marker", "ai_request_id",
-        "prompt", "repo_id",
+        "prompt", "repo_id", "repository",
         "metadata", "model", "agent_type", "tags", "images", "pending_prompt", "callbacks",
         "webhook", "next_poll_at", "poll_interval", "polls_since_change", "poll_failures",
         "last_polled_at", "last_status_change_at", "last_poll_error", "deadline_at",

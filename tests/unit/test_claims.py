@@ -17,7 +17,8 @@ from sqlalchemy.exc import OperationalError
 
 from app.config import get_settings
 from app.db.base import utcnow
-from app.db.claims import Heartbeat, claimable, needs_message, record_durably
+from app.db.claims import claimable, needs_message, record_durably
+from app.db.heartbeat import Heartbeat
 from app.db.models import AIRequestRow, JobStatus
 from app.db.session import dispose_engines, get_engine, session_scope
 
@@ -183,9 +184,9 @@ def test_record_durably_waits_out_an_outage_and_raises_anything_else(db: None) -
 
 
 def test_record_durably_gives_up_once_the_process_stops(db: None) -> None:
-    from app.db import claims
+    from app.db import heartbeat
 
-    stop = threading.Timer(0.5, claims.get_heartbeat().stop)
+    stop = threading.Timer(0.5, heartbeat.get_heartbeat().stop)
     stop.start()
 
     def down() -> str:
@@ -196,4 +197,42 @@ def test_record_durably_gives_up_once_the_process_stops(db: None) -> None:
             record_durably(down, what="test")
     finally:
         stop.cancel()
-        claims._heartbeat = None  # a fresh heartbeat for the next tests
+        heartbeat._heartbeat = None  # a fresh heartbeat for the next tests
+
+
+def test_a_message_held_unclaimed_is_vouched_for_and_found_lost_when_the_holder_dies(
+    db: None, env: Any
+) -> None:
+    env(AIW_LEASE=1, AIW_HEARTBEAT_INTERVAL=0.3)
+    get_settings.cache_clear()
+    settings = get_settings()
+    now = utcnow()
+    job_id = add_job(status=JobStatus.QUEUED, published_at=now)
+    waiting = AIRequestRow.status.in_([JobStatus.QUEUED, JobStatus.WAITING])
+
+    def lost() -> bool:
+        with session_scope() as s:
+            return (
+                s.scalar(
+                    select(AIRequestRow.id).where(needs_message(AIRequestRow, utcnow(), settings))
+                )
+                == job_id
+            )
+
+    heartbeat = Heartbeat()
+    heartbeat.reserve(AIRequestRow, job_id, waiting)  # a worker received its message
+    time.sleep(0.5)
+    assert lease_of(job_id) is not None  # vouched for: the message lives in this worker
+    time.sleep(1.5)  # renewed meanwhile, past the lease
+    assert not lost()
+    heartbeat.stop()  # the worker dies holding it: nobody vouches any more
+    time.sleep(1.5)
+    assert lost()  # the sweep publishes it again at once, not after AIW_REPUBLISH_AFTER
+
+    # A reservation whose row got claimed meanwhile is forgotten.
+    other = Heartbeat()
+    claimed = add_job(status=JobStatus.RUNNING, claim_token="t", published_at=now)
+    other.reserve(AIRequestRow, claimed, waiting)
+    time.sleep(0.3)
+    assert other.vouch(renew=True) == 0 and lease_of(claimed) is None
+    other.stop()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from app.core.publisher import QUEUE_AGENT_RUNS
+from app.db.agent_run_models import AgentRunRow, AgentRunState
 from app.jobs.agent_runs.actions import create_run, resume_run
 from app.jobs.agent_runs.constants import TASK_CREATE, TASK_POLL, TASK_RESUME
 from app.jobs.agent_runs.poller import poll
-from workers.celery_app import QUEUE_AGENT_RUNS
 from workers.tasks.base import aiw_task, claimed_task
 
-create_agent_run = claimed_task(TASK_CREATE, QUEUE_AGENT_RUNS)(create_run)
-resume_agent_run = claimed_task(TASK_RESUME, QUEUE_AGENT_RUNS)(resume_run)
+create_agent_run = claimed_task(
+    TASK_CREATE, QUEUE_AGENT_RUNS, AgentRunRow, int, AgentRunRow.state == AgentRunState.CREATING
+)(create_run)
+resume_agent_run = claimed_task(
+    TASK_RESUME, QUEUE_AGENT_RUNS, AgentRunRow, int, AgentRunRow.state == AgentRunState.RESUMING
+)(resume_run)
 
 
 @aiw_task(TASK_POLL, QUEUE_AGENT_RUNS, autoretry_for=(), ignore_result=True)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
+from app.core.publisher import QUEUE_AI
+from app.db.models import AIRequestRow, JobStatus
 from app.jobs import submit
 from app.jobs.runner import run_job
-from workers.celery_app import QUEUE_AI, TASK_RUN_AI_REQUEST, TASK_SUBMIT_AI_REQUEST
+from workers.celery_app import TASK_RUN_AI_REQUEST, TASK_SUBMIT_AI_REQUEST
 from workers.tasks.base import aiw_task, claimed_task
 
-run_ai_request = claimed_task(TASK_RUN_AI_REQUEST, QUEUE_AI)(run_job)
+run_ai_request = claimed_task(
+    TASK_RUN_AI_REQUEST,
+    QUEUE_AI,
+    AIRequestRow,
+    lambda value: uuid.UUID(str(value)),
+    AIRequestRow.status.in_([JobStatus.QUEUED, JobStatus.WAITING]),
+)(run_job)
 
 
 @aiw_task(TASK_SUBMIT_AI_REQUEST, QUEUE_AI, bind=True, max_retries=10)

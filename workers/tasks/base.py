@@ -10,10 +10,12 @@ agent-run creation or follow-up) into a task of two lines.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from app.db.claims import DATABASE_DOWN, Outcome
+from app.db.heartbeat import get_heartbeat
 from workers.celery_app import celery_app
 
 RETRY_OPTIONS: dict[str, Any] = {
@@ -42,12 +44,25 @@ def act(task: Any, outcome: Outcome) -> str:
     return outcome.action
 
 
-def claimed_task(name: str, queue: str) -> Callable[[Callable[..., Outcome]], Any]:
-    """A task over one claimed row; the Celery task id is the claim token."""
+#: Task name -> (model, row id parser, what a row waiting for its message looks like):
+#: what ``workers.signals`` reserves when a worker receives such a message.
+RESERVABLE: dict[str, tuple[Any, Callable[[Any], Any], Any]] = {}
+
+
+def claimed_task(
+    name: str, queue: str, model: Any, parse: Callable[[Any], Any], waiting: Any
+) -> Callable[[Callable[..., Outcome]], Any]:
+    """A task over one claimed row of ``model``; the Celery task id is the claim token.
+    ``waiting`` (a WHERE clause) says when a row still waits for its message."""
+    RESERVABLE[name] = (model, parse, waiting)
 
     def wrap(work: Callable[..., Outcome]) -> Any:
         def run(self: Any, row_id: Any) -> str:
-            return act(self, work(row_id, claim_token=self.request.id))
+            try:
+                return act(self, work(row_id, claim_token=self.request.id))
+            finally:
+                with contextlib.suppress(ValueError, TypeError):
+                    get_heartbeat().unreserve(model, parse(row_id))
 
         run.__doc__ = work.__doc__
         run.__name__ = run.__qualname__ = work.__name__

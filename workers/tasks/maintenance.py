@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from app.core.publisher import QUEUE_MAINTENANCE
 from app.jobs.sweep import sweep as sweep_jobs
 from app.webhooks.sweep import sweep_deliveries
-from workers.celery_app import QUEUE_MAINTENANCE, TASK_SWEEP
+from workers.celery_app import TASK_SWEEP
 from workers.tasks.base import aiw_task
 
 

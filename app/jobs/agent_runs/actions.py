@@ -19,10 +19,13 @@ transaction, no database connection held during the HTTP call.
 **Never two runs for one row.** Creating is not idempotent and a try that timed out
 (or got a 5xx, or a 2xx with a garbled body) may have created the run anyway. Every
 creation carries ``metadata[MARKER_KEY] = <the row's marker>``; after such a try the
-row is flagged ``outcome_unknown`` and the next try first looks for the marker among
-the newest runs (one page of the list endpoint) and adopts the run it finds instead
-of creating another. When the retries are spent while the outcome is unknown, a last
-look is made before giving up. A resume is checked the same way: if the run moved
+row is flagged ``outcome_unknown`` (from the claim on: a worker that dies during the
+call leaves it so) and the next try first looks for the marker among the newest runs
+(one page of the list endpoint) and adopts the run it finds instead of creating
+another. A dead worker's row is taken over no sooner than ``CODEGEN_TIMEOUT`` +
+``LANDING`` seconds after its claim, so a request still on its way has landed (or
+failed) before anyone looks. When the retries are spent while the outcome is unknown,
+a last look is made before giving up. A resume is checked the same way: if the run moved
 from an ended/paused status to a working one, the prompt got there.
 """
 
@@ -46,7 +49,8 @@ from app.core.errors import AIProviderError, InvalidRequestError, ProviderRateLi
 from app.core.retry import RetryPolicy
 from app.db.agent_run_models import AgentRunEventKind, AgentRunEventRow, AgentRunRow, AgentRunState
 from app.db.base import utcnow
-from app.db.claims import Action, Outcome, claim_values, claimable, hold, record_durably
+from app.db.claims import Action, Outcome, claim_values, claimable, record_durably
+from app.db.heartbeat import hold
 from app.db.models import ArtifactRow
 from app.db.session import session_scope
 from app.jobs.agent_runs.changes import ARTIFACT_PROMPT, Notices, mark_create_failed, observe
@@ -60,6 +64,9 @@ log = logging.getLogger(__name__)
 
 #: Newest runs searched for the marker of a creation whose outcome is unknown.
 MARKER_LOOKBACK = 100
+#: Seconds past ``CODEGEN_TIMEOUT`` that a request of a dead worker may still take to
+#: reach Codegen and be acted on there.
+LANDING = 10.0
 #: Tries allowed past ``CODEGEN_MAX_RETRIES`` only to find out whether a creation or a
 #: resume with an unknown outcome went through (the look itself may fail).
 EXTRA_LOOKS = 3
@@ -183,10 +190,10 @@ def _resume(claim: _Claim, settings: Settings) -> Outcome:
 
 
 def _resolve_repository(claim: _Claim, gateway: CodegenGateway) -> None:
-    """``metadata["repository"]`` (``owner/repo``) to its ``repo_id``, before any run is
+    """The ``repository`` asked for (``owner/repo``) to its ``repo_id``, before any run is
     created: an unknown name is ``InvalidRequestError`` (the creation fails with it)."""
-    repository = claim.options["metadata"].get("repository")
-    if not isinstance(repository, str) or not repository:
+    repository = claim.options["repository"]
+    if not repository:
         return
     found = gateway.repos.find_repo_id(repository)
     given = claim.options["repo_id"]
@@ -227,7 +234,10 @@ def _claim(run_id: int, state: AgentRunState, token: str, settings: Settings) ->
             .values(
                 **claim_values(token, now, settings),
                 attempt_count=AgentRunRow.attempt_count + 1,
-                next_attempt_at=None,
+                # If this worker dies during the call, the request may still be on its
+                # way: nobody takes the row over before it has landed or timed out, so
+                # the next try finds its marker instead of creating a second run.
+                next_attempt_at=now + timedelta(seconds=settings.codegen_timeout + LANDING),
                 updated_at=now,
             )
             .execution_options(synchronize_session=False)
@@ -254,6 +264,7 @@ def _claim(run_id: int, state: AgentRunState, token: str, settings: Settings) ->
             options={
                 "metadata": dict(row.run_metadata or {}),
                 "repo_id": row.repo_id,
+                "repository": row.repository,
                 "model": row.model,
                 "agent_type": row.agent_type,
             },

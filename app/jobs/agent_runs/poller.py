@@ -52,6 +52,7 @@ from app.core.budget import BudgetExhausted
 from app.core.cooldown import credential_digest
 from app.core.errors import AIProviderError
 from app.core.lease import get_leases
+from app.core.publisher import QUEUE_AGENT_RUNS, queue_is_empty
 from app.core.retry import RetryPolicy
 from app.db.agent_run_models import AgentRunRow, AgentRunState
 from app.db.base import utcnow
@@ -481,11 +482,13 @@ def recover_lost_messages(settings: Settings) -> int:
     it, or the worker holding the row died (its lease ran out)."""
     now = utcnow()
     sent = 0
+    empty = queue_is_empty(QUEUE_AGENT_RUNS)
     for state, task in (
         (AgentRunState.CREATING, TASK_CREATE),
         (AgentRunState.RESUMING, TASK_RESUME),
     ):
-        condition = and_(AgentRunRow.state == state, needs_message(AgentRunRow, now, settings))
+        lost = needs_message(AgentRunRow, now, settings, queue_empty=empty)
+        condition = and_(AgentRunRow.state == state, lost)
         ids = take_for_publishing(
             AgentRunRow, condition, AgentRunRow.created_at, MAINTENANCE_BATCH, now
         )

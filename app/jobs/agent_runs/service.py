@@ -299,6 +299,7 @@ def submit_agent_run(
         marker=uuid.uuid4(),
         prompt=run_input.prompt,
         repo_id=checked_repo,
+        repository=run_input.repository,
         run_metadata=run_input.metadata,
         images=checked_images,
         model=model,
