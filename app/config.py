@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     aiw_visibility_timeout: float = Field(
         3600.0, gt=0, description="Redis visibility timeout; must exceed AIW_MAX_COUNTDOWN"
     )
+    aiw_task_events: bool = Field(
+        False,
+        description="send Celery task events from the start (Flower turns them on anyway"
+        " in every worker it watches)",
+    )
     aiw_worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
     aiw_worker_concurrency: int = Field(32, gt=0, le=2000)
     aiw_imports: str = Field(

@@ -85,10 +85,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # timeouts and on the job lease, which outlives the hard limit).
         "task_soft_time_limit": settings.aiw_task_soft_time_limit,
         "task_time_limit": settings.aiw_task_time_limit,
-        # Events so Flower sees tasks, including the ones still queued.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
-        "task_track_started": True,
+        # Task events cost every task three messages to the broker. Nobody needs them
+        # unless a dashboard watches: Flower turns them on in every worker it sees
+        # (its enable_events, every 5 s), so they are off until then. AIW_TASK_EVENTS
+        # turns them on from the start (and "sent" events at the publisher).
+        "worker_send_task_events": settings.aiw_task_events,
+        "task_send_sent_event": settings.aiw_task_events,
+        "task_track_started": False,  # no result backend: STARTED would go nowhere
         # If the broker connection drops, stop long tasks: their messages come back.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # Many slow, I/O-bound calls on one process: threads, not processes.

@@ -46,7 +46,7 @@ RESERVE_GRACE = 0.1
 @dataclass
 class _Reserved:
     waiting: Any  # the row still waits for this message (a WHERE clause)
-    received: dict[Any, float] = field(default_factory=dict)  # row id -> monotonic time
+    fresh: dict[Any, float] = field(default_factory=dict)  # not vouched for yet: received at
     vouched: set[Any] = field(default_factory=set)
 
 
@@ -83,15 +83,20 @@ class Heartbeat:
         """This process holds the message of ``row_id``, a row that is ``waiting`` for it."""
         with self._lock:
             entry = self._reserved.setdefault(model, _Reserved(waiting))
-            entry.received[row_id] = time.monotonic()
+            # The thread already wakes for an earlier reservation (all wait the same
+            # grace): wake it only when none was pending.
+            pending = any(e.fresh for e in self._reserved.values())
+            if row_id not in entry.vouched:
+                entry.fresh.setdefault(row_id, time.monotonic())
             self._ensure_thread()
-        self._wake.set()
+        if not pending:
+            self._wake.set()
 
     def unreserve(self, model: Any, row_id: Any) -> None:
         with self._lock:
             entry = self._reserved.get(model)
             if entry is not None:
-                entry.received.pop(row_id, None)
+                entry.fresh.pop(row_id, None)
                 entry.vouched.discard(row_id)
 
     def vouch(self, *, renew: bool) -> int:
@@ -101,14 +106,14 @@ class Heartbeat:
         now, clock = utcnow(), time.monotonic()
         vouched = 0
         with self._lock:
-            due_now = {
-                model: (entry.waiting, [
-                    row_id for row_id, at in entry.received.items()
-                    if (renew and row_id in entry.vouched)
-                    or (row_id not in entry.vouched and clock - at >= RESERVE_GRACE)
-                ])
-                for model, entry in self._reserved.items()
-            }  # fmt: skip
+            due_now: dict[Any, tuple[Any, list[Any]]] = {}
+            for model, entry in self._reserved.items():
+                ids = list(entry.vouched) if renew else []
+                for row_id, at in entry.fresh.items():  # oldest first
+                    if clock - at < RESERVE_GRACE:
+                        break
+                    ids.append(row_id)
+                due_now[model] = (entry.waiting, ids)
         for model, (waiting, ids) in due_now.items():
             if not ids:
                 continue
@@ -126,23 +131,19 @@ class Heartbeat:
             with self._lock:
                 entry = self._reserved[model]
                 for row_id in ids:
+                    if entry.fresh.pop(row_id, None) is None and row_id not in entry.vouched:
+                        continue  # unreserved meanwhile: its task has run
                     if row_id in still:
                         entry.vouched.add(row_id)
                     else:
-                        entry.received.pop(row_id, None)
                         entry.vouched.discard(row_id)
         return vouched
 
     def _next_vouch(self) -> float | None:
         """Monotonic time of the next reservation to vouch for, if any."""
         with self._lock:
-            waiting = [
-                at + RESERVE_GRACE
-                for entry in self._reserved.values()
-                for row_id, at in entry.received.items()
-                if row_id not in entry.vouched
-            ]
-        return min(waiting) if waiting else None
+            firsts = [next(iter(e.fresh.values())) for e in self._reserved.values() if e.fresh]
+        return min(firsts) + RESERVE_GRACE if firsts else None
 
     @contextmanager
     def hold(self, model: Any, row_id: Any, token: str) -> Iterator[None]:

@@ -28,6 +28,7 @@ connection is shared across processes.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -120,6 +121,22 @@ def get_engine(url: str | None = None) -> Engine:
         engine = _engines.get(key)
         if engine is None:
             engine = _engines[key] = create_engine_for(key)
+        return engine
+
+
+def get_hot_engine(url: str | None = None) -> Engine:
+    """PostgreSQL's hot-path engine: autocommit, no ping on checkout (one per process and
+    URL). Each hot step (a job's claim or record, a delivery's claim or success) is one
+    statement, atomic by itself, so it needs no BEGIN/COMMIT round trips; a connection
+    gone stale (a server restart) fails its statement with ``OperationalError``, which
+    the caller waits out (``app.db.claims.record_durably``) or the task retries."""
+    key = f"hot:{os.getpid()}:{url or database_url()}"
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = create_engine_for(
+                url or database_url(), pool_pre_ping=False, isolation_level="AUTOCOMMIT"
+            )
         return engine
 
 

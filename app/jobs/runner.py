@@ -28,25 +28,26 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, insert, text, update
+from sqlalchemy import func, insert, update
 from sqlalchemy.orm import Session
 
 from app.ai.base import AIProvider, AIRequest, AIResponse
-from app.ai.factory import automatic_order, build_provider
+from app.ai.factory import automatic_order, build_provider, provider_names
 from app.config import get_settings
 from app.core.cooldown import credential_digest, get_cooldowns
 from app.core.errors import AIProviderError, ProviderRateLimitError, ProviderUnavailableError
 from app.db.base import utcnow
-from app.db.claims import Outcome, claim_values, claimable, fenced, record_durably
+from app.db.claims import Outcome, claim_values, claimable, fenced, lease_until, record_durably
 from app.db.heartbeat import hold
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
-from app.db.session import session_scope
-from app.jobs import records, remote
+from app.db.session import database_url, get_hot_engine, session_scope
+from app.jobs import hotpath, records, remote
 from app.jobs.records import Try
-from app.webhooks.events import emit_ai_request_finished
+from app.webhooks.events import emit_ai_request_finished, publish_deliveries
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -67,6 +68,7 @@ class _Claim:
     tried: Try
     token: str
     request: AIRequest
+    row: Mapping[str, Any]  # the claimed job's columns (``hotpath.CLAIMED``)
 
 
 class _InternalError(AIProviderError):
@@ -96,6 +98,9 @@ def reset_providers() -> None:
     with _providers_lock:
         _providers.clear()
         _chains.clear()
+        _dialects.clear()
+        _defaults.clear()
+        _digests.clear()
 
 
 _chains: dict[int, list[str]] = {}
@@ -136,7 +141,9 @@ def run_job(
 def _call(claim: _Claim, settings: Settings) -> Outcome:
     tried = claim.tried
     provider = _provider(tried.provider, settings)
-    cooldown_name = f"{tried.provider}:{credential_digest(settings, tried.provider)}"
+    cooldown_name = _cooldown_name(
+        tried.provider, claim.request.model or provider.default_model, settings
+    )
     waiting = _cooldown_remaining(cooldown_name, settings)
     if waiting > 0:
         return _defer(claim, waiting, settings)
@@ -172,13 +179,31 @@ def _claimed_now(now: datetime, token: str) -> Any:
 
 def _claim(jid: uuid.UUID, token: str, settings: Settings) -> _Claim | Outcome:
     """One transaction: the job is ours and its attempt row is written, or it is not
-    claimable now. A job Codegen answers is handed to its tracked run right here."""
+    claimable now. A job Codegen answers is handed to its tracked run right after."""
     now = utcnow()
+    if _on_postgresql(settings):
+        with get_hot_engine().connect() as conn:
+            claimed = hotpath.claim(
+                conn,
+                jid,
+                token,
+                now=now,
+                lease=lease_until(now, settings),
+                automatic=_automatic_chain(settings),
+                default_models=_default_models(settings),
+                lost_detail=LOST_DETAIL,
+            )
+        if claimed is not None and claimed["attempt_id"] is not None:
+            return _claimed(claimed, token, now, settings)
+        with session_scope() as session:
+            row = session.get(AIRequestRow, jid)
+            if row is None:
+                log.warning("job %s: no such job; message dropped", jid)
+                return Outcome(str(jid), "skipped", reason="no such job")
+            if claimed is None:
+                return _not_claimed(row, now, settings)
+            return _no_provider(session, row, now)  # claimed, no provider left in its chain
     with session_scope() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            # A claim lost in a server crash costs nothing (the job is claimed again and
-            # the orphaned record is fenced off), so it need not wait for the WAL flush.
-            session.execute(text("SET LOCAL synchronous_commit TO OFF"))
         row = session.scalars(
             update(AIRequestRow)
             .where(AIRequestRow.id == jid, *_claimed_now(now, token))
@@ -202,21 +227,21 @@ def _claim(jid: uuid.UUID, token: str, settings: Settings) -> _Claim | Outcome:
         if row.attempt_count > 1:  # an earlier try may have died with its worker
             _mark_lost(session, jid, now)
         # The chain is fixed at the first claim: a forced provider alone, else this
-        # worker's automatic order. It is written with the first attempt.
+        # worker's automatic order.
         chain = list(row.provider_chain) or (
             [row.provider_requested] if row.provider_requested else _automatic_chain(settings)
         )
         if row.provider_index >= len(chain):
             return _no_provider(session, row, now)
         provider_name = chain[row.provider_index]
-        request = _request_of(row)
+        model = row.model or _provider(provider_name, settings).default_model
         attempt_id = session.scalar(
             insert(AttemptRow)
             .values(
                 request_id=jid,
                 number=row.attempt_count,
                 provider=provider_name,
-                model=request.model or _provider(provider_name, settings).default_model,
+                model=model,
                 outcome=AttemptOutcome.STARTED,
                 started_at=now,
             )
@@ -230,28 +255,70 @@ def _claim(jid: uuid.UUID, token: str, settings: Settings) -> _Claim | Outcome:
                 .values(provider_chain=chain)
                 .execution_options(synchronize_session=False)
             )
-        tried = Try(
-            jid,
-            attempt_id,
-            provider_name,
-            chain,
-            row.provider_index,
-            row.retries_on_provider,
-            row.callback,
-        )
-        claim = _Claim(tried, token, request)
-        if provider_name == remote.PROVIDER:
-            return _hand_over(session, claim, row, now, settings)
+        fields = {c: getattr(row, c) for c in hotpath.CLAIMED}
+    return _claimed(
+        {**fields, "provider_chain": chain, "attempt_id": attempt_id}, token, now, settings
+    )
+
+
+def _claimed(
+    row: Mapping[str, Any], token: str, now: datetime, settings: Settings
+) -> _Claim | Outcome:
+    """The claim of ``row`` (its attempt written): what the call needs, or, when Codegen
+    answers, the hand-over to a tracked run."""
+    chain = list(row["provider_chain"])
+    tried = Try(
+        row["id"],
+        row["attempt_id"],
+        chain[row["provider_index"]],
+        chain,
+        row["provider_index"],
+        row["retries_on_provider"],
+        row["callback"],
+    )
+    params = row["parameters"] or {}
+    request = AIRequest(
+        prompt=row["prompt"],
+        system_prompt=row["system_prompt"],
+        model=row["model"],
+        temperature=float(params.get("temperature", 0.0)),
+        max_tokens=params.get("max_tokens"),
+        extra=dict(params.get("provider_kwargs") or {}),
+    )
+    claim = _Claim(tried, token, request, row)
+    if tried.provider != remote.PROVIDER:
         return claim
+    with session_scope() as session:
+        return _hand_over(session, claim, list(row["tags"] or []), now, settings)
+
+
+_dialects: dict[int, bool] = {}
+_defaults: dict[int, dict[str, str]] = {}
+
+
+def _on_postgresql(settings: Settings) -> bool:
+    known = _dialects.get(id(settings))
+    if known is None:
+        known = _dialects[id(settings)] = database_url(settings).startswith("postgresql")
+    return known
+
+
+def _default_models(settings: Settings) -> dict[str, str]:
+    """Each provider's default model (the attempt's model when the job names none)."""
+    known = _defaults.get(id(settings))
+    if known is None:
+        models = {name: _provider(name, settings).default_model for name in provider_names()}
+        known = _defaults[id(settings)] = {k: v for k, v in models.items() if v}
+    return known
 
 
 def _hand_over(
-    session: Session, claim: _Claim, row: AIRequestRow, now: datetime, settings: Settings
+    session: Session, claim: _Claim, tags: list[str], now: datetime, settings: Settings
 ) -> Outcome:
     """Codegen answers this try: start a tracked run for it, in the claim's transaction."""
     jid = claim.tried.job_id
     try:
-        spec = remote.run_input(_provider(remote.PROVIDER, settings), claim.request, row.tags)
+        spec = remote.run_input(_provider(remote.PROVIDER, settings), claim.request, tags)
     except AIProviderError as error:  # the request does not suit Codegen: a failed try
         decision = records.decide(
             claim.tried,
@@ -272,21 +339,9 @@ def _hand_over(
             now=now,
         )
         return decision.outcome
-    run_id = remote.start_run(session, claim.tried, claim.token, spec, row.tags, now, settings)
+    run_id = remote.start_run(session, claim.tried, claim.token, spec, tags, now, settings)
     return Outcome(
         str(jid), "done", JobStatus.AWAITING_RUN, reason=f"answered by agent run {run_id}"
-    )
-
-
-def _request_of(row: AIRequestRow) -> AIRequest:
-    params = row.parameters or {}
-    return AIRequest(
-        prompt=row.prompt,
-        system_prompt=row.system_prompt,
-        model=row.model,
-        temperature=float(params.get("temperature", 0.0)),
-        max_tokens=params.get("max_tokens"),
-        extra=dict(params.get("provider_kwargs") or {}),
     )
 
 
@@ -326,6 +381,20 @@ def _not_claimed(row: AIRequestRow, now: datetime, settings: Settings) -> Outcom
             return Outcome(jid, "retry", status, countdown=max(0.0, remaining), reason="early")
         return Outcome(jid, "skipped", status, reason="parked until next_attempt_at")
     return Outcome(jid, "skipped", status, reason="owned by another worker")
+
+
+_digests: dict[tuple[int, str], str] = {}
+
+
+def _cooldown_name(provider: str, model: str | None, settings: Settings) -> str:
+    """What a 429 pauses: the provider and key, and for OpenAI, which limits each model
+    apart, only the model the answer was for."""
+    digest = _digests.get((id(settings), provider))
+    if digest is None:
+        digest = _digests[(id(settings), provider)] = credential_digest(settings, provider)
+    if provider == "openai" and model:
+        return f"{provider}:{digest}:{model}"
+    return f"{provider}:{digest}"
 
 
 def _cooldown_remaining(name: str, settings: Settings) -> float:
@@ -398,22 +467,68 @@ def _record(
     decision = records.decide(tried, response, error, provider.retry_policy, now, settings)
     if error is not None and response is None and "model" not in decision.attempt:
         decision.attempt["model"] = claim.request.model or provider.default_model
-    with session_scope() as session:
-        held = records.apply(
-            session,
-            tried.job_id,
-            fenced(AIRequestRow, tried.job_id, claim.token),
-            decision,
-            tried.attempt_id,
-            response=response,
-            latency=latency,
-            now=now,
-        )
+    if _on_postgresql(settings):
+        held = _record_pg(claim, decision, response, latency, now)
+    else:
+        with session_scope() as session:
+            held = records.apply(
+                session,
+                tried.job_id,
+                fenced(AIRequestRow, tried.job_id, claim.token),
+                decision,
+                tried.attempt_id,
+                response=response,
+                latency=latency,
+                now=now,
+            )
     if not held:
         # Cancelled meanwhile, or another worker took over: the call is kept in the
         # history (and its usage, which was paid for); nothing else changes.
         return Outcome(str(tried.job_id), "skipped", reason="claim lost")
     return decision.outcome
+
+
+def _record_pg(
+    claim: _Claim,
+    decision: records.Decision,
+    response: AIResponse | None,
+    latency: float,
+    now: datetime,
+) -> bool:
+    """``records.apply`` in one statement on PostgreSQL (``app.jobs.hotpath``), the ended
+    job's webhook deliveries published once it has returned (committed)."""
+    tried = claim.tried
+    finished = None
+    if decision.outcome.action == "done":
+        finished = {
+            **{c: claim.row[c] for c in ("id", "kind", "model", "tags", "created_at")},
+            "started_at": claim.row["started_at"],
+            "attempt_count": claim.row["attempt_count"],
+            "provider_used": None,
+            "result": None,
+            "error_type": None,
+            "error_message": None,
+            **decision.values,
+        }
+    usage = None
+    if response is not None:
+        usage = records.usage_values(tried.job_id, tried.attempt_id, response, latency, now)
+    with get_hot_engine().connect() as conn:
+        held, deliveries = hotpath.record(
+            conn,
+            tried.job_id,
+            fence=hotpath.FENCE_CLAIM,
+            fence_params={"f_token": claim.token},
+            values=decision.values,
+            attempt_id=tried.attempt_id,
+            attempt={**decision.attempt, "latency_s": latency},
+            usage=usage,
+            finished=finished,
+            now=now,
+        )
+    if deliveries:
+        publish_deliveries(deliveries)
+    return held
 
 
 __all__ = ["reset_providers", "run_job"]

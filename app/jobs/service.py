@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.ai.base import AIRequest, AIResponse
@@ -37,7 +37,7 @@ from app.core.errors import (
 from app.core.publisher import PublishError, get_publisher
 from app.db.base import utcnow
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
-from app.db.session import session_scope
+from app.db.session import database_url, get_hot_engine, session_scope
 
 log = logging.getLogger(__name__)
 
@@ -203,30 +203,33 @@ def submit(
             return JobHandle(existing)
     job_id = uuid.uuid4()
     now = utcnow()
-    row = AIRequestRow(
-        id=job_id,
-        status=JobStatus.QUEUED,
-        provider_requested=provider,
-        provider_chain=[],
-        model=request.model,
-        prompt=request.prompt,
-        system_prompt=request.system_prompt,
-        parameters={
+    values = {
+        "id": job_id,
+        "kind": "ai_request",
+        "status": JobStatus.QUEUED.value,
+        "provider_requested": provider,
+        "provider_chain": [],
+        "provider_index": 0,
+        "model": request.model,
+        "prompt": request.prompt,
+        "system_prompt": request.system_prompt,
+        "parameters": {
             "temperature": request.temperature,
             "max_tokens": request.max_tokens,
             "provider_kwargs": provider_kwargs,
         },
-        tags=list(tags or []),
-        subject=subject,
-        idempotency_key=idempotency_key,
-        callback=callback,
-        published_at=now,
-        created_at=now,
-        updated_at=now,
-    )
+        "tags": list(tags or []),
+        "subject": subject,
+        "idempotency_key": idempotency_key,
+        "callback": callback,
+        "attempt_count": 0,
+        "retries_on_provider": 0,
+        "published_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
     try:
-        with session_scope() as session:
-            session.add(row)
+        _insert(values)
     except IntegrityError:
         # Another submit with the same key won the race: return its job.
         existing = _find_by_key(idempotency_key) if idempotency_key else None
@@ -235,6 +238,20 @@ def submit(
         return JobHandle(existing)
     publish(job_id)
     return JobHandle(job_id)
+
+
+_INSERT = insert(AIRequestRow)
+
+
+def _insert(values: dict[str, Any]) -> None:
+    """One INSERT: on PostgreSQL in autocommit on the hot engine (no ping, no BEGIN)."""
+    url = database_url()
+    if url.startswith("postgresql"):
+        with get_hot_engine(url).connect() as conn:
+            conn.execute(_INSERT, values)
+    else:
+        with session_scope() as session:
+            session.execute(_INSERT, values)
 
 
 def publish(job_id: uuid.UUID, countdown: float | None = None) -> bool:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 from sqlalchemy import Integer, String, Uuid, bindparam, cast, func, insert, or_, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from urllib3.exceptions import MaxRetryError
 
@@ -53,7 +53,7 @@ from app.config import get_settings
 from app.db.base import UTCDateTime, utcnow
 from app.db.claims import Outcome, claimable, lease_until, record_durably
 from app.db.heartbeat import hold
-from app.db.session import create_engine_for, database_url, session_scope
+from app.db.session import database_url, get_hot_engine, session_scope
 from app.db.webhook_models import (
     DeliveryStatus,
     WebhookAttemptRow,
@@ -116,8 +116,6 @@ class _Claim:
 
 _sessions: dict[tuple[int, bool], requests.Session] = {}
 _sessions_lock = threading.Lock()
-_engines: dict[tuple[int, str], Engine] = {}
-_engines_lock = threading.Lock()
 
 
 def _http(settings: Settings) -> requests.Session:
@@ -133,17 +131,13 @@ def _http(settings: Settings) -> requests.Session:
 
 
 def reset_resources() -> None:
-    """Close this module's pooled HTTP and database connections (tests, shutdown)."""
+    """Close this module's pooled HTTP connections (tests, shutdown); the database
+    engines are ``app.db.session.dispose_engines``'s."""
     with _sessions_lock:
         sessions = list(_sessions.values())
         _sessions.clear()
     for session in sessions:
         session.close()
-    with _engines_lock:
-        engines = list(_engines.values())
-        _engines.clear()
-    for engine in engines:
-        engine.dispose()
 
 
 # --- the automatic path (the task) ---------------------------------------------------
@@ -177,29 +171,13 @@ def deliver(
 # --- the hot path's database access ----------------------------------------------------
 
 
-def _fast_engine(url: str) -> Engine:
-    """PostgreSQL only: an engine in autocommit, without a ping on every checkout. Each
-    step of a delivery is one statement, atomic by itself, so it needs no BEGIN/COMMIT
-    round trips; a connection that went stale (server restart) fails its statement with
-    ``OperationalError``, and the task retries (see workers/tasks/webhooks.py). One per
-    process (a forked child makes its own)."""
-    key = (os.getpid(), url)
-    with _engines_lock:
-        engine = _engines.get(key)
-        if engine is None:
-            engine = _engines[key] = create_engine_for(
-                url, pool_pre_ping=False, isolation_level="AUTOCOMMIT"
-            )
-        return engine
-
-
 @contextmanager
 def _unit() -> Iterator[Session | Connection]:
     """Where a step of the hot path runs: one autocommit statement on PostgreSQL;
     a ``session_scope`` transaction elsewhere (SQLite: a step takes two statements)."""
     url = database_url()
     if url.startswith("postgresql"):
-        with _fast_engine(url).connect() as conn:
+        with get_hot_engine(url).connect() as conn:
             yield conn
     else:
         with session_scope() as session:
