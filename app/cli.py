@@ -906,18 +906,47 @@ def _exec(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option(
-    "--concurrency", type=click.IntRange(1, 2000), help="Threads (AIW_WORKER_CONCURRENCY)."
+    "--kind",
+    type=click.Choice(["all", "ai", "webhooks", "agent-runs", "maintenance"]),
+    default="all",
+    show_default=True,
+    help="Which kind of work: one worker process of it; `all` runs one process per kind.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 2000),
+    help="Threads of the process (default: AIW_WORKER_CONCURRENCY for ai, "
+    "AIW_WEBHOOK_CONCURRENCY, AIW_AGENT_RUN_CONCURRENCY, AIW_MAINTENANCE_CONCURRENCY).",
 )
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @friendly
-def worker(concurrency: int | None, celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker on every queue (extra arguments go to `celery worker`)."""
+def worker(kind: str, concurrency: int | None, celery_args: tuple[str, ...]) -> None:
+    """Run Celery workers: one process per kind of work, each on its own queue with its
+    own threads, so a stalled webhook receiver or a slow Codegen never holds the threads of
+    AI calls (extra arguments go to `celery worker`)."""
     from app.config import get_settings
-    from app.runtime import worker_argv
+    from app.runtime import Supervisor, add_workers, worker_argv
+    from app.topology import WORKER_KINDS, worker_concurrency
 
     settings = get_settings()
-    extra = [*(["--concurrency", str(concurrency)] if concurrency else []), *celery_args]
-    _exec(worker_argv(settings, embedded_broker=not settings.celery_broker_url, extra=extra))
+    embedded = not settings.celery_broker_url
+    if kind != "all":
+        threads = concurrency or worker_concurrency(kind, settings)
+        _exec(
+            worker_argv(
+                settings,
+                embedded_broker=embedded,
+                queues=WORKER_KINDS[kind],
+                name=f"{kind}@%h",
+                extra=["--concurrency", str(threads), *celery_args],
+            )
+        )
+    sup = Supervisor(grace=settings.aiw_shutdown_grace + 10)
+    add_workers(sup, settings, dict(os.environ), embedded_broker=embedded,
+                ai_concurrency=concurrency, extra=celery_args)  # fmt: skip
+    sup.install_signal_handlers()
+    sup.start()
+    sys.exit(sup.wait())
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

@@ -143,7 +143,18 @@ class Settings(BaseSettings):
         " in every worker it watches)",
     )
     aiw_worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
-    aiw_worker_concurrency: int = Field(32, gt=0, le=2000)
+    aiw_worker_concurrency: int = Field(
+        32, gt=0, le=2000, description="threads of an AI-request worker process"
+    )
+    aiw_webhook_concurrency: int = Field(
+        16, gt=0, le=2000, description="threads of a webhook-delivery worker process"
+    )
+    aiw_agent_run_concurrency: int = Field(
+        4, gt=0, le=2000, description="threads of an agent-run (Codegen) worker process"
+    )
+    aiw_maintenance_concurrency: int = Field(
+        2, gt=0, le=100, description="threads of the maintenance (sweep) worker process"
+    )
     aiw_imports: str = Field(
         "", description="comma-separated modules the worker imports (your callback tasks)"
     )

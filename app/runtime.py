@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from app.topology import QUEUES, is_loopback
+from app.topology import QUEUES, WORKER_KINDS, is_loopback, worker_concurrency
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -76,6 +76,35 @@ def worker_argv(
         # Gossip and mingle talk over broadcast, which the SQL transport does not carry.
         args += ["--without-gossip", "--without-mingle"]
     return celery_argv(*args, *extra)
+
+
+def add_workers(
+    sup: Supervisor,
+    settings: Settings,
+    env: Mapping[str, str],
+    *,
+    embedded_broker: bool,
+    ai_concurrency: int | None = None,
+    extra: Iterable[str] = (),
+) -> None:
+    """One worker process per kind of work (``topology.WORKER_KINDS``), each with its own
+    queue and concurrency: the bulkheads."""
+    for kind, queues in WORKER_KINDS.items():
+        threads = worker_concurrency(kind, settings)
+        if kind == "ai" and ai_concurrency is not None:
+            threads = ai_concurrency
+        sup.add(
+            f"worker-{kind}",
+            worker_argv(
+                settings,
+                embedded_broker=embedded_broker,
+                queues=queues,
+                name=f"{kind}@%h",
+                extra=["--concurrency", str(threads), *extra],
+            ),
+            env,
+            ready_marker=" ready.",
+        )
 
 
 def beat_argv(settings: Settings, data: Path, extra: Iterable[str] = ()) -> list[str]:
@@ -332,8 +361,8 @@ class Supervisor:
     def stop(self) -> None:
         """Stop every child in order (see the module docstring); leaves nothing running."""
         self._stop.set()
-        worker = [c for c in self.children if c.name == "worker" and c.running]
-        others = [c for c in self.children if c.name != "worker" and c.running]
+        worker = [c for c in self.children if c.name.startswith("worker") and c.running]
+        others = [c for c in self.children if not c.name.startswith("worker") and c.running]
         beat = [c for c in others if c.name == "beat"]
         for child in beat:
             child.signal_group(child.stop_signal)
@@ -456,13 +485,8 @@ def up(settings: Settings, options: UpOptions, out: IO[str] | None = None) -> in
     ready_hint = 'try: aiw submit "Hello" --wait 60'
 
     sup = Supervisor(out, grace=options.grace, on_ready=lambda: sup.say(f"ready; {ready_hint}"))
-    extra = [] if options.concurrency is None else ["--concurrency", str(options.concurrency)]
-    sup.add(
-        "worker",
-        worker_argv(settings, embedded_broker=topo.embedded_broker, name="aiw@%h", extra=extra),
-        env,
-        ready_marker=" ready.",
-    )
+    add_workers(sup, settings, env, embedded_broker=topo.embedded_broker,
+                ai_concurrency=options.concurrency)  # fmt: skip
     if options.beat:
         sup.add("beat", beat_argv(settings, topo.data_dir), env)
     flower_url = f"http://{_host_for_url(options.flower_address)}:{options.flower_port}"

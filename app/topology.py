@@ -29,6 +29,26 @@ EMBEDDED_BROKER_FILE = "broker.sqlite3"
 # The Celery queues (workers/celery_app.py declares them; a test keeps the two equal).
 QUEUES: tuple[str, ...] = ("ai_requests", "agent_runs", "webhooks", "maintenance")
 
+# Bulkheads: each kind of work has worker processes of its own, with their own
+# concurrency, so no kind can slow another (a webhook receiver that stalls for a minute
+# holds webhook threads only; a slow Codegen holds agent-run threads only).
+WORKER_KINDS: dict[str, tuple[str, ...]] = {
+    "ai": ("ai_requests",),
+    "webhooks": ("webhooks",),
+    "agent-runs": ("agent_runs",),
+    "maintenance": ("maintenance",),
+}
+
+
+def worker_concurrency(kind: str, settings: Settings) -> int:
+    """Threads of one worker process of ``kind`` (``AIW_*_CONCURRENCY``)."""
+    return {
+        "ai": settings.aiw_worker_concurrency,
+        "webhooks": settings.aiw_webhook_concurrency,
+        "agent-runs": settings.aiw_agent_run_concurrency,
+        "maintenance": settings.aiw_maintenance_concurrency,
+    }[kind]
+
 # What the embedded shape cannot do, checked against Celery 5.5/kombu 5.5 and Flower
 # 2.0 (tests/integration/test_up.py shows the Flower half). kombu's SQL transport is
 # a "virtual" transport: exchange bindings live in each process's memory and it has

@@ -310,12 +310,14 @@ def test_up_on_redis_and_postgres(
 
     submit_and_follow(up, db_url)
     flower_checks(up)
-    # With Redis, Flower sees the worker through broadcast and events.
-    def sees_worker() -> bool:
+    # With Redis, Flower sees the workers through broadcast and events: one per kind of
+    # work (the bulkheads), each on its own queue.
+    def sees_workers() -> bool:
         status, body = http(up.flower_url + "/api/workers?refresh=1", auth=FLOWER_LOGIN)
-        return status == 200 and any(name.startswith("aiw@") for name in json.loads(body))
+        kinds = {name.split("@")[0] for name in json.loads(body)} if status == 200 else set()
+        return kinds == {"ai", "webhooks", "agent-runs", "maintenance"}
 
-    wait_until(sees_worker, 30, "Flower to see the worker")
+    wait_until(sees_workers, 30, "Flower to see a worker of each kind")
     assert metric(up, "aiw_queue_depth") == 0
     interrupt_with_jobs_in_flight(aiw_up, up, openai, db_url)
 

@@ -81,7 +81,8 @@ def test_compose_spec_parser_accepts_the_file() -> None:
     resolved = interpolate(loaded(), {**env_example(), **REQUIRED})
     compose = compose_spec.PyCompose.from_json(json.dumps(resolved))
     assert set(compose.service_names()) == {
-        "redis", "postgres", "migrate", "worker", "beat", "flower", "metrics",
+        "redis", "postgres", "migrate", "worker", "worker-webhooks", "worker-agent-runs",
+        "worker-maintenance", "beat", "flower", "metrics",
     }
 
 
@@ -102,14 +103,19 @@ def test_the_projects_rules() -> None:
     services = loaded()["services"]
     for name, service in services.items():
         assert "healthcheck" in service, f"{name} has no healthcheck"
-    worker = services["worker"]
-    assert "container_name" not in worker and "ports" not in worker  # --scale worker=N
+    workers = {name: s for name, s in services.items() if name.startswith("worker")}
+    # Bulkheads: one service per kind of work, each on its own queue, all scalable.
+    assert sorted(w["command"][2] for w in workers.values()) == [
+        "agent-runs", "ai", "maintenance", "webhooks",
+    ]
+    for worker in workers.values():
+        assert "container_name" not in worker and "ports" not in worker  # --scale worker=N
     assert "replicas" not in services["beat"].get("deploy", {})
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
     assert services["flower"]["command"][0] == "flower"  # `aiw flower` enforces the login
     assert any("postgres-data:" in v for v in services["postgres"]["volumes"])
     assert "postgres-data" in loaded()["volumes"]
-    for depends in ("worker", "beat", "metrics"):
+    for depends in (*workers, "beat", "metrics"):
         assert services[depends]["depends_on"]["migrate"]["condition"] == (
             "service_completed_successfully"
         )
