@@ -149,6 +149,10 @@ class Heartbeat:
     def hold(self, model: Any, row_id: Any, token: str) -> Iterator[None]:
         with self._lock:
             self._held.setdefault(model, {})[token] = row_id
+            reserved = self._reserved.get(model)
+            if reserved is not None:  # claimed: held now, no longer a message to vouch for
+                reserved.fresh.pop(row_id, None)
+                reserved.vouched.discard(row_id)
             self._ensure_thread()
         try:
             yield
