@@ -1,40 +1,77 @@
-"""Submit and follow background work. ``app`` never imports Celery: see publisher.py."""
+"""Submit and follow background work. ``app`` never imports Celery: see app.core.publisher.
 
-from app.core.errors import (
-    JobError,
-    JobFailedError,
-    JobNotFinishedError,
-    JobNotFoundError,
-    JobTimeoutError,
-)
-from app.jobs.agent_runs import (
-    AgentRunArtifact,
-    AgentRunEvent,
-    AgentRunHandle,
-    AgentRunNotFoundError,
-    AgentRunRecord,
-    AgentRunState,
-    AgentRunStateError,
-    AgentRunTimeoutError,
-    CodegenBudgetExhaustedError,
-    UnknownRemoteRunError,
-    get_agent_run,
-    list_agent_runs,
-    resume_agent_run,
-    submit_agent_run,
-    track_agent_run,
-)
-from app.jobs.service import (
-    Attempt,
-    Job,
-    JobHandle,
-    cancel,
-    get_attempts,
-    get_job,
-    list_jobs,
-    submit,
-)
-from app.jobs.stats import usage_stats
+The names below are imported on first use (PEP 562), so ``from app.jobs import
+submit`` (the ``aiw submit`` path) does not load the agent-run machinery, the Codegen
+client or the webhooks.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.core.errors import (
+        AgentRunNotFoundError,
+        AgentRunStateError,
+        AgentRunTimeoutError,
+        CodegenBudgetExhaustedError,
+        JobError,
+        JobFailedError,
+        JobNotFinishedError,
+        JobNotFoundError,
+        JobTimeoutError,
+        UnknownRemoteRunError,
+    )
+    from app.db.agent_run_models import AgentRunState
+    from app.jobs.agent_runs.service import (
+        AgentRunArtifact,
+        AgentRunEvent,
+        AgentRunHandle,
+        AgentRunRecord,
+        get_agent_run,
+        list_agent_runs,
+        resume_agent_run,
+        submit_agent_run,
+        track_agent_run,
+    )
+    from app.jobs.service import (
+        Attempt,
+        Job,
+        JobHandle,
+        cancel,
+        get_attempts,
+        get_job,
+        list_jobs,
+        submit,
+    )
+    from app.jobs.stats import usage_stats
+
+_WHERE = {
+    **dict.fromkeys(
+        (
+            "AgentRunNotFoundError", "AgentRunStateError", "AgentRunTimeoutError",
+            "CodegenBudgetExhaustedError", "JobError", "JobFailedError", "JobNotFinishedError",
+            "JobNotFoundError", "JobTimeoutError", "UnknownRemoteRunError",
+        ),
+        "app.core.errors",
+    ),
+    "AgentRunState": "app.db.agent_run_models",
+    **dict.fromkeys(
+        (
+            "AgentRunArtifact", "AgentRunEvent", "AgentRunHandle", "AgentRunRecord",
+            "get_agent_run", "list_agent_runs", "resume_agent_run", "submit_agent_run",
+            "track_agent_run",
+        ),
+        "app.jobs.agent_runs.service",
+    ),
+    **dict.fromkeys(
+        ("Attempt", "Job", "JobHandle", "cancel", "get_attempts", "get_job", "list_jobs",
+         "submit"),
+        "app.jobs.service",
+    ),
+    "usage_stats": "app.jobs.stats",
+}  # fmt: skip
 
 __all__ = [
     "AgentRunArtifact",
@@ -67,3 +104,16 @@ __all__ = [
     "track_agent_run",
     "usage_stats",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'app.jobs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
