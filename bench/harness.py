@@ -213,7 +213,8 @@ def session_cpu_seconds(sid: int) -> float:
 def spawn_worker(
     b: Bed, *, app: str = "workers.celery_app", concurrency: int, queues: str, name: str
 ) -> CeleryProcess:
-    """Start a ``celery -A <app> worker`` (threads pool) with the bed's environment, in
+    """Start a ``celery -A <app> worker`` (threads pool; ``AIW_BENCH_POOL=gevent`` to try
+    gevent, after ``pip install gevent``) with the bed's environment, in
     its own session, its log under the bed's tmp dir; does not wait for it. The bed
     stops it at the end if the caller did not."""
     launcher = b.launcher
@@ -224,7 +225,8 @@ def spawn_worker(
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "INFO",
-         "--pool", "threads", "--concurrency", str(concurrency), "-Q", queues, "-n", name,
+         "--pool", os.environ.get("AIW_BENCH_POOL", "threads"), "--concurrency", str(concurrency),
+         "-Q", queues, "-n", name,
          "--without-gossip", "--without-mingle"],
         env=env,
         cwd=str(launcher.tmp_path),

@@ -26,13 +26,14 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import event, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from app.ai.base import Usage
 from app.core.publisher import PublishError, get_publisher
 from app.db.base import utcnow
 from app.db.models import AIRequestRow
+from app.db.session import after_commit
 from app.db.webhook_models import (
     DeliveryStatus,
     WebhookDeliveryRow,
@@ -55,8 +56,6 @@ EVENT_TYPES: Mapping[str, str] = MappingProxyType(
     }
 )
 ALL = "*"
-
-_OUTBOX = "aiw.webhooks.outbox"
 
 
 def new_event_id() -> str:
@@ -194,24 +193,9 @@ def _write(
 
 def publish_after_commit(session: Session, delivery_ids: list[uuid.UUID]) -> None:
     """Publish these deliveries once ``session`` commits (forgotten if it rolls back)."""
-    outbox: list[uuid.UUID] | None = session.info.get(_OUTBOX)
-    if outbox is None:
-        outbox = session.info[_OUTBOX] = []
-        event.listen(session, "after_commit", _publish_outbox)
-        event.listen(session, "after_rollback", _forget_outbox)
-    outbox.extend(delivery_ids)
-
-
-def _forget_outbox(session: Session) -> None:
-    session.info.get(_OUTBOX, []).clear()
-
-
-def _publish_outbox(session: Session) -> None:
-    outbox: list[uuid.UUID] = session.info.get(_OUTBOX, [])
-    ids = list(outbox)
-    outbox.clear()
+    ids = list(delivery_ids)
     if ids:
-        publish_deliveries(ids)
+        after_commit(session, lambda: publish_deliveries(ids))
 
 
 def publish_deliveries(ids: list[uuid.UUID], countdown: float | None = None) -> int:
