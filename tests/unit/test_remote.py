@@ -77,6 +77,7 @@ def bed(
     set_publisher(publisher)
     for reset in (reset_budgets, reset_gateways, reset_cooldowns, reset_leases, reset_providers):
         reset()
+    _continuation.clear()
     yield publisher
     set_publisher(None)
     for reset in (reset_budgets, reset_gateways, reset_cooldowns, reset_leases, reset_providers):
@@ -84,8 +85,12 @@ def bed(
     dispose_engines()
 
 
+_continuation: dict[str, Any] = {}
+
+
 def step(pub: RecordingPublisher) -> None:
-    """What the workers would do next: run published jobs and creations, one poll."""
+    """What the workers would do next: run published jobs and creations, one poll step
+    (a round short of budget goes on where it stopped, as its task would)."""
     while pub.jobs:
         run_job(pub.jobs.pop(0))
     for (run_id,) in pub.take(TASK_CREATE):
@@ -93,7 +98,15 @@ def step(pub: RecordingPublisher) -> None:
         if outcome.action == "retry":
             time.sleep(outcome.countdown or 0)
             pub.tasks.append((TASK_CREATE, [run_id]))
-    poll()
+    due = _continuation.pop("at", None)
+    if due is not None and time.monotonic() < due:
+        _continuation["at"] = due
+        return
+    polled = poll(_continuation.pop("token", None), _continuation.pop("cursor", 0))
+    if polled.countdown is not None:
+        _continuation.update(
+            at=time.monotonic() + polled.countdown, token=polled.token, cursor=polled.cursor
+        )
 
 
 def drive(pub: RecordingPublisher, job_id: uuid.UUID, timeout: float = 20) -> Any:
@@ -260,3 +273,18 @@ def test_an_unknown_repository_fails_the_job_before_any_run(
     for bad in ({"priority": "urgent"}, {"branch": "a..b"}, {"repository": "no-slash"}):
         with pytest.raises(InvalidRequestError):
             submit_agent_run("x", **bad)  # type: ignore[arg-type]
+
+
+def test_codegen_trouble_while_a_job_waits_loses_nothing_and_makes_no_second_run(
+    bed: RecordingPublisher, codegen_env: FakeCodegenServer
+) -> None:
+    handle = submit("weather the storm", provider="codegen")
+    while not (runs_of(handle.id) and runs_of(handle.id)[0].remote_id):
+        step(bed)
+    # Every kind of trouble while the poller follows the run: 429, 5xx, a garbled body.
+    for fault in (Fault.rate_limit(), Fault.status_code(503), Fault.bad_json()):
+        codegen_env.faults.push(fault)
+    done = drive(bed, handle.id, timeout=60)  # a 429 without Retry-After waits a refill
+    assert done.status == JobStatus.SUCCEEDED
+    assert codegen_env.run_count == 1
+    assert [a.outcome for a in get_attempts(handle.id)] == ["succeeded"]
