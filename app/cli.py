@@ -2,7 +2,9 @@
 
 Every command prints one clear line and exits non-zero on a user error (bad id,
 missing argument, bad URL, unreachable database or broker), never a traceback
-(``aiw -v ...`` shows it). Exit status: 0 done, 1 error, 2 usage error, 3 job
+(``aiw -v ...`` shows it); no secret in it, nor in a log line (``app.core.redact``: the
+error lines and every log handler are redacted; what the database holds was redacted
+before it was stored). Exit status: 0 done, 1 error, 2 usage error, 3 job
 accepted but the broker is unreachable (``submit --wait`` only), 130 interrupted.
 
 Commands that a script would read take ``--json``. The Celery processes
@@ -36,8 +38,14 @@ EXIT_INTERRUPTED = 130
 log = logging.getLogger("aiw")
 
 
+def _redact(message: str) -> str:
+    from app.core.redact import redact
+
+    return redact(message)
+
+
 def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    click.echo(f"aiw: {message}", err=True)
+    click.echo(f"aiw: {_redact(message)}", err=True)
     sys.exit(code)
 
 
@@ -142,11 +150,11 @@ class AiwGroup(click.Group):
             sys.exit(0)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "aiw"
-            message = exc.format_message().rstrip(".")
+            message = _redact(exc.format_message().rstrip("."))
             click.echo(f"{where}: {message} (see '{where} --help')", err=True)
             sys.exit(EXIT_USAGE)
         except click.ClickException as exc:
-            click.echo(f"aiw: {exc.format_message()}", err=True)
+            click.echo(f"aiw: {_redact(exc.format_message())}", err=True)
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo("aiw: interrupted", err=True)
@@ -168,6 +176,9 @@ def main(ctx: click.Context, verbose: bool) -> None:
         level=logging.INFO if verbose else logging.ERROR,
         format="aiw: %(levelname)s %(name)s: %(message)s",
     )
+    from app.core.redact import install_log_redaction
+
+    install_log_redaction()  # no secret in a log line (app.core.redact)
 
 
 # --- jobs --------------------------------------------------------------------------------
@@ -775,7 +786,8 @@ def migrate(revision: str, check: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def check(as_json: bool) -> None:
-    """Check that the database answers and is migrated, and that the broker answers."""
+    """Check that the database answers and is migrated, that the broker answers, and that
+    the key of the webhook secrets works for every process (AIW_SECRET_KEY)."""
     from app.config import get_settings
     from app.db.migrate import current, head
     from app.runtime import RuntimeStartError, check_broker
@@ -799,6 +811,15 @@ def check(as_json: bool) -> None:
     except RuntimeStartError as exc:
         result["broker"] = {"url": safe_url(topo.broker_url), "ok": False}
         problems.append(str(exc))
+    if result["database"]["ok"]:
+        from app.webhooks.crypto import key_problems, key_warning
+
+        key = key_problems(get_settings())
+        warning = key_warning(get_settings())
+        result["webhook_key"] = {"ok": not key, "problems": key, "warning": warning}
+        problems.extend(key)
+        if warning:
+            click.echo(f"aiw: warning: {warning}", err=True)
     result["ok"] = not problems
     if as_json:
         _print_json(result)
@@ -807,6 +828,8 @@ def check(as_json: bool) -> None:
         for part in ("database", "broker"):
             state = "ok" if result[part]["ok"] else "FAILED"
             click.echo(f"{part}: {result[part]['url']}: {state}")
+        if "webhook_key" in result:
+            click.echo(f"webhook key: {'ok' if result['webhook_key']['ok'] else 'FAILED'}")
     if problems:
         _fail("; ".join(problems))
 

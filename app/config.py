@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     # --- OpenAI (or any OpenAI-compatible server) -----------------------------------
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
-    openai_timeout: float = Field(60.0, gt=0, description="seconds per HTTP request")
+    openai_timeout: float = Field(
+        60.0, gt=0, description="seconds one HTTP call may take in all, connect to last byte"
+    )
     openai_max_retries: int = Field(3, ge=0, le=20)
     openai_default_model: str = "gpt-4o-mini"
 
@@ -45,7 +47,9 @@ class Settings(BaseSettings):
     codegen_org_id: int | None = None
     codegen_token: SecretStr | None = None
     codegen_base_url: str = "https://api.codegen.com"
-    codegen_timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
+    codegen_timeout: float = Field(
+        30.0, gt=0, description="seconds one HTTP call may take in all, connect to last byte"
+    )
     codegen_max_retries: int = Field(3, ge=0, le=20)
     codegen_poll_interval: float = Field(5.0, gt=0, description="seconds between polls")
     codegen_run_timeout: float = Field(
@@ -99,10 +103,22 @@ class Settings(BaseSettings):
     # --- Provider layer ------------------------------------------------------------
     prefer_codegen: bool = True
     ai_max_prompt_chars: int = Field(400_000, gt=0)
+    aiw_max_answer_bytes: int = Field(
+        8 * 1024 * 1024,
+        gt=0,
+        description="bytes of a provider's answer (OpenAI, Codegen) read at most; a larger"
+        " answer fails with AnswerTooLargeError and nothing of it is kept",
+    )
     retry_base_delay: float = Field(1.0, gt=0, description="first backoff step, seconds")
     retry_max_delay: float = Field(60.0, gt=0, description="cap of one backoff step, seconds")
     retry_after_max: float = Field(
         600.0, gt=0, description="cap on a server's Retry-After, seconds"
+    )
+    aiw_rate_limit_wait_max: float = Field(
+        3600.0,
+        gt=0,
+        description="seconds a job may keep waiting out rate limits (429s, cooldowns) in"
+        " all; only then does a 429 fail it (or hand it to the next provider)",
     )
     aiw_pricing_file: Path | None = None
 

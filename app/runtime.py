@@ -480,6 +480,9 @@ def up(settings: Settings, options: UpOptions, out: IO[str] | None = None) -> in
         check_port(options.metrics_address, options.metrics_port, "metrics", "--metrics-port")
     upgrade()
     revision = current()
+    from app.webhooks.crypto import key_problems, key_warning
+
+    key_warnings = [*key_problems(settings), *filter(None, [key_warning(settings)])]
 
     env = {**os.environ, **options.extra_env, "AIW_DATA_DIR": str(topo.data_dir)}
     ready_hint = 'try: aiw submit "Hello" --wait 60'
@@ -537,6 +540,7 @@ def up(settings: Settings, options: UpOptions, out: IO[str] | None = None) -> in
         )
     )
     lines += options.notes
+    lines += [f"warning: {problem}" for problem in key_warnings]
     limits = topo.limits()
     if limits:
         lines.append(f"the {topo.shape} mode cannot do everything:")

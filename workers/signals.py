@@ -1,4 +1,7 @@
-"""Worker boot and shutdown hooks: per-process resources are made here, not at import."""
+"""Worker boot and shutdown hooks: per-process resources are made here, not at import.
+
+Logging is set up here too, every handler with the redaction filter (``app.core.redact``).
+"""
 
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ from celery.signals import (
     task_received,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutting_down,
 )
 
 from app.config import get_settings
 from app.core.cooldown import reset_cooldowns
+from app.core.redact import install_log_redaction
 from app.db.heartbeat import get_heartbeat
 from app.db.session import dispose_engines
 from app.jobs.runner import reset_providers
@@ -29,6 +34,7 @@ def _logging(**_: Any) -> None:
         level=get_settings().log_level,
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     )
+    install_log_redaction()  # no secret in a log line, whoever logs it (app.core.redact)
     # httpx/openai log request lines at DEBUG; headers never include our key there,
     # but keep them at WARNING so a DEBUG worker log stays readable.
     for noisy in ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "urllib3"):
@@ -108,3 +114,21 @@ def _reserve(request: Any = None, **_: Any) -> None:
     except (ValueError, TypeError):
         return  # a malformed id: the task drops the message itself
     get_heartbeat().reserve(model, row_id, waiting)
+
+
+@worker_ready.connect
+def _say_key_problems(**_: Any) -> None:
+    """A worker that cannot decrypt the webhook secrets says so at start, not at the
+    first failed delivery."""
+    from app.webhooks.crypto import key_problems, key_warning
+
+    try:
+        problems = key_problems(get_settings())
+        warning = key_warning(get_settings())
+    except Exception as exc:  # noqa: BLE001 - a check at start must not stop the worker
+        log.warning("could not check the webhook secret key (%s)", type(exc).__name__)
+        return
+    for problem in problems:
+        log.error("webhook key: %s", problem)
+    if warning:
+        log.warning("webhook key: %s", warning)

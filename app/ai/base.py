@@ -82,10 +82,13 @@ class AIRequest(BaseModel):
         **extra: Any,
     ) -> AIRequest:
         """Check every parameter; raise ``InvalidRequestError`` naming the bad one."""
+        if prompt is None:
+            raise InvalidRequestError("prompt is required")
         if not isinstance(prompt, str):
             raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}")
         if not prompt.strip():
             raise InvalidRequestError("prompt is empty")
+        check_text("prompt", prompt)
         limit = max_prompt_chars or get_settings().ai_max_prompt_chars
         size = len(prompt) + (len(system_prompt) if isinstance(system_prompt, str) else 0)
         if size > limit:
@@ -94,8 +97,16 @@ class AIRequest(BaseModel):
             )
         if system_prompt is not None and not isinstance(system_prompt, str):
             raise InvalidRequestError("system_prompt must be a string or None")
+        if system_prompt is not None:
+            check_text("system_prompt", system_prompt)
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise InvalidRequestError("model must be a non-empty string or None")
+        if model is not None:
+            check_text("model", model)
+            if len(model) > MAX_MODEL_CHARS:
+                raise InvalidRequestError(
+                    f"model is {len(model)} characters, more than {MAX_MODEL_CHARS}"
+                )
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
             raise InvalidRequestError("temperature must be a number")
         if not (0.0 <= float(temperature) <= 2.0) or math.isnan(float(temperature)):
@@ -104,6 +115,10 @@ class AIRequest(BaseModel):
             isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0
         ):
             raise InvalidRequestError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        if max_tokens is not None and max_tokens > MAX_TOKENS:
+            raise InvalidRequestError(
+                f"max_tokens is {max_tokens}, more than any model answers ({MAX_TOKENS})"
+            )
         return cls(
             prompt=prompt,
             system_prompt=system_prompt,
@@ -112,6 +127,42 @@ class AIRequest(BaseModel):
             max_tokens=max_tokens,
             extra=extra,
         )
+
+
+#: No model answers more tokens than this (a larger ``max_tokens`` is a mistake).
+MAX_TOKENS = 1_000_000
+#: Model names are stored in columns of this size.
+MAX_MODEL_CHARS = 255
+
+
+def check_text(name: str, value: str) -> str:
+    """Text that can travel and be stored: no NUL byte (PostgreSQL refuses it), no lone
+    surrogate (it has no UTF-8 form)."""
+    if "\x00" in value:
+        raise InvalidRequestError(f"{name} contains a NUL character (\\x00)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(
+            f"{name} is not valid Unicode text (a lone surrogate at position {exc.start})"
+        ) from None
+    return value
+
+
+def check_json_text(name: str, value: object, depth: int = 0) -> None:
+    """``check_text`` on every string (keys included) of a JSON-like value."""
+    if depth > 50:
+        raise InvalidRequestError(f"{name} is nested too deeply")
+    if isinstance(value, str):
+        check_text(name, value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                check_text(f"{name} key", key)
+            check_json_text(name, item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            check_json_text(name, item, depth + 1)
 
 
 def check_timeout(timeout: float | None) -> float | None:
@@ -254,6 +305,11 @@ class AIProvider(ABC):
 
     def build_request(self, prompt: object, **kwargs: Any) -> AIRequest:
         return AIRequest.build(prompt, max_prompt_chars=self.settings.ai_max_prompt_chars, **kwargs)
+
+    def check_request(self, request: AIRequest) -> None:
+        """Refuse (``InvalidRequestError``) what this provider cannot take, with no network
+        call: ``submit`` asks it before a job is written. The base accepts any option."""
+        return None
 
     def generate_response(
         self,

@@ -197,6 +197,9 @@ class CodegenProvider(AIProvider):
             request.prompt, request.system_prompt, request.extra, model=request.model
         )
 
+    def check_request(self, request: AIRequest) -> None:
+        self.run_input(request)
+
     def run_options(self, request: AIRequest) -> dict[str, Any]:
         """``Agent.run`` keyword arguments from a request; unknown options are refused.
 

@@ -7,6 +7,12 @@ this provider instance.
 
 Choices worth knowing:
 
+- ``OPENAI_TIMEOUT`` (or ``timeout=``) bounds the whole HTTP call, connect to last byte,
+  not only each read: a server that trickles its answer fails with
+  ``ProviderTimeoutError`` at the deadline. An answer larger than ``AIW_MAX_ANSWER_BYTES``
+  is never read past the cap and fails with ``AnswerTooLargeError`` (not retried; a
+  chain falls back). Both live in the SDK's HTTP client (``app.ai.transport``).
+
 - ``provider_specific`` keyword arguments of ``generate_response`` are passed to
   ``chat.completions.create`` when they are in ``PASSTHROUGH_PARAMS`` (``tools``,
   ``tool_choice``, ``response_format``, ``top_p``, ``seed``, ``stop``, ``user``, ...).
@@ -47,6 +53,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import openai
 
 from app.ai.base import AIProvider, AIRequest, AIResponse, Usage
+from app.ai.transport import make_http_client
 from app.core.errors import (
     AIProviderError,
     ContextTooLongError,
@@ -164,7 +171,8 @@ def _error_fields(exc: openai.APIStatusError) -> tuple[str | None, str | None, s
 def map_openai_error(exc: Exception, *, timeout: float | None) -> AIProviderError:
     """The ``app.core.errors`` error for an exception raised by the openai SDK.
 
-    - ``APITimeoutError`` -> ``ProviderTimeoutError(timeout_duration=timeout)``
+    - ``APITimeoutError`` -> ``ProviderTimeoutError(timeout_duration=timeout)`` (a single
+      operation's timeout, or the call's total deadline, ``app.ai.transport``)
     - ``APIConnectionError`` -> ``ProviderConnectionError`` (retryable)
     - ``APIStatusError`` -> ``error_for_status(status)`` with ``retry_after`` from the
       ``retry-after-ms``/``Retry-After`` headers and the ``x-request-id``, except:
@@ -176,7 +184,7 @@ def map_openai_error(exc: Exception, *, timeout: float | None) -> AIProviderErro
     """
     if isinstance(exc, openai.APITimeoutError):
         return ProviderTimeoutError(
-            f"no answer within {timeout}s",
+            f"no complete answer within {timeout}s (the whole call)",
             timeout_duration=timeout,
             provider_name=PROVIDER_NAME,
         )
@@ -331,6 +339,14 @@ class OpenAIProvider(AIProvider):
                     base_url=self.base_url,
                     timeout=self.timeout,
                     max_retries=0,
+                    # self.timeout for the whole call, and AIW_MAX_ANSWER_BYTES at most
+                    # read (app.ai.transport); closed with this client.
+                    http_client=make_http_client(
+                        base_url=self.base_url,
+                        timeout=self.timeout,
+                        max_answer_bytes=self.settings.aiw_max_answer_bytes,
+                        provider_name=PROVIDER_NAME,
+                    ),
                 )
             return self._client
 
@@ -370,6 +386,9 @@ class OpenAIProvider(AIProvider):
                 f"(accepted: {', '.join(sorted(PASSTHROUGH_PARAMS))})",
                 provider_name=PROVIDER_NAME,
             )
+
+    def check_request(self, request: AIRequest) -> None:
+        self.check_extra(request.extra)
 
     def _params(self, request: AIRequest) -> dict[str, Any]:
         self.check_extra(request.extra)

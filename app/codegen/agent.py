@@ -57,6 +57,7 @@ from app.core.errors import (
     ProviderNotConfiguredError,
 )
 from app.core.retry import RetryPolicy
+from app.core.transfer import DEFAULT_MAX_ANSWER_BYTES
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -84,7 +85,9 @@ def _positive(name: str, value: float | None) -> float | None:
 class Agent:
     """Start and follow agent runs of one organization.
 
-    ``timeout`` is per HTTP request (default 30 s). ``poll_interval`` is the default
+    ``timeout`` bounds each HTTP request in all (default 30 s); ``max_answer_bytes`` caps
+    what one answer may hold (default ``settings.aiw_max_answer_bytes`` when ``settings``
+    is given, else 8 MiB). ``poll_interval`` is the default
     pause between polls of ``Task.wait_for_completion``; ``retry_policy`` gives the
     backoff after a failed poll. ``sleep`` and ``clock`` are injectable for tests
     (they drive the wait loop, not the budget's waits, which are real time).
@@ -108,6 +111,7 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         limiter: CodegenLimiter | Literal["shared"] | None = SHARED,
         settings: Settings | None = None,
+        max_answer_bytes: int | None = None,
     ) -> None:
         shared = isinstance(limiter, str) and limiter == SHARED
         hooks = ("before_request", "rate_limited")
@@ -117,8 +121,16 @@ class Agent:
             raise InvalidRequestError(
                 f"limiter must be 'shared', None or a CodegenLimiter, got {limiter!r}"
             )
+        if max_answer_bytes is None:
+            max_answer_bytes = (
+                settings.aiw_max_answer_bytes if settings is not None else DEFAULT_MAX_ANSWER_BYTES
+            )
         self.client = CodegenClient(
-            org_id, token, base_url, timeout=DEFAULT_TIMEOUT if timeout is None else timeout
+            org_id,
+            token,
+            base_url,
+            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+            max_answer_bytes=max_answer_bytes,
         )
         if shared:
             self.client.limiter = blocking_limiter(

@@ -17,6 +17,10 @@ What it guarantees:
   2xx body that is not JSON or not the documented shape ``ProviderResponseError``.
   ``retry_after`` is the server's ``Retry-After`` when it sends one (Codegen
   documents none, so it is usually ``None``).
+- ``timeout`` (``CODEGEN_TIMEOUT``) bounds each call in all, connect to last byte: a
+  server that trickles its answer is cut off at the deadline (``app.codegen.transport``).
+  A body is streamed and read up to ``max_answer_bytes`` (``AIW_MAX_ANSWER_BYTES``): a 2xx
+  past it fails with ``AnswerTooLargeError`` (not retried), an error body is cut there.
 - Retrying is the caller's business (``RetryPolicy``, ``Task.wait_for_completion``,
   the Celery task): creating a run is not idempotent, so this client never repeats
   a request by itself.
@@ -33,6 +37,7 @@ What it guarantees:
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -41,7 +46,6 @@ from typing import Any, TypeVar
 
 import requests
 from pydantic import BaseModel, SecretStr, ValidationError
-from requests.adapters import HTTPAdapter
 
 from app.codegen.checks import AGENT_TYPES as AGENT_TYPES  # re-exported
 from app.codegen.checks import MAX_PAGE_SIZE as MAX_PAGE_SIZE
@@ -63,8 +67,10 @@ from app.codegen.models import (
     RepoPage,
 )
 from app.codegen.repos import RepoResolver
+from app.codegen.transport import CallGuard, GuardedAdapter
 from app.core.budget import CodegenLimiter, RequestKind, codegen_digest
 from app.core.errors import (
+    AIProviderError,
     InvalidRequestError,
     ProviderConnectionError,
     ProviderNotConfiguredError,
@@ -74,6 +80,7 @@ from app.core.errors import (
     error_for_status,
 )
 from app.core.retry import parse_retry_after
+from app.core.transfer import DEFAULT_MAX_ANSWER_BYTES, Deadline, answer_too_large, declared_length
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +89,17 @@ DEFAULT_BASE_URL = "https://api.codegen.com"
 DEFAULT_TIMEOUT = 30.0
 #: Connections kept per host: enough for a worker process with many threads.
 DEFAULT_POOL_SIZE = 32
+#: Bytes asked of the body at a time (decoded; urllib3 inflates in bounded steps).
+_CHUNK_BYTES = 64 * 1024
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def _error_message(resp: requests.Response) -> str:
-    """A short message from an error body: Codegen's ``message``, or FastAPI's ``detail``."""
+def _error_message(resp: requests.Response, raw: bytes | bytearray) -> str:
+    """A short message from an error body (``raw``, as read): Codegen's ``message``, or
+    FastAPI's ``detail``."""
     try:
-        body = resp.json()
+        body = json.loads(raw)
     except ValueError:
         body = None
     if isinstance(body, dict):
@@ -107,15 +117,16 @@ def _error_message(resp: requests.Response) -> str:
                     parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
             if parts:
                 return "; ".join(parts)
-    text = (resp.text or "").strip()
+    text = bytes(raw[:1000]).decode("utf-8", "replace").strip()
     reason = f"HTTP {resp.status_code} {resp.reason or ''}".strip()
     return f"{reason}: {text[:200]}" if text else reason
 
 
 def make_session(pool_size: int = DEFAULT_POOL_SIZE) -> requests.Session:
-    """A ``requests.Session`` with a connection pool of ``pool_size`` and no hidden retries."""
+    """A ``requests.Session`` with a connection pool of ``pool_size`` and no hidden retries,
+    whose connections a call's deadline can cut (``app.codegen.transport``)."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    adapter = GuardedAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers["Accept"] = "application/json"
@@ -136,6 +147,7 @@ class CodegenClient:
         *,
         pool_size: int = DEFAULT_POOL_SIZE,
         limiter: CodegenLimiter | None = None,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         if org_id is None:
             raise ProviderNotConfiguredError(
@@ -154,6 +166,16 @@ class CodegenClient:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise InvalidRequestError(f"timeout must be a positive number, got {timeout!r}")
         self.timeout = float(timeout)
+        if (
+            isinstance(max_answer_bytes, bool)
+            or not isinstance(max_answer_bytes, int)
+            or max_answer_bytes <= 0
+        ):
+            raise InvalidRequestError(
+                f"max_answer_bytes must be a positive integer, got {max_answer_bytes!r}"
+            )
+        #: Bytes of a body read at most (``AIW_MAX_ANSWER_BYTES``).
+        self.max_answer_bytes = max_answer_bytes
         self._owns_session = session is None
         self.session = session if session is not None else make_session(pool_size)
         #: Asked before every request (``None``: nothing is charged).
@@ -338,29 +360,32 @@ class CodegenClient:
     ) -> Any:
         """One HTTP call; the decoded JSON body of a 2xx, else an ``AIProviderError``.
 
-        The limiter (if any) is asked first and hears of a 429.
+        The limiter (if any) is asked first and hears of a 429. The whole call, connect
+        to last byte, ends at ``timeout``; the body is read up to ``max_answer_bytes``.
         """
         if self.limiter is not None:
             self.limiter.before_request(kind)
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
         started = time.perf_counter()
+        deadline = Deadline(self.timeout)
+        guard = CallGuard(deadline)
         try:
-            resp = self.session.request(
-                method,
-                self.base_url + path,
-                params=params,
-                json=json_body,
-                headers=headers,
-                timeout=self.timeout,
-            )
-        except requests.Timeout as exc:
-            log.debug("codegen %s %s timed out after %.1fs", method, path, self.timeout)
-            raise ProviderTimeoutError(
-                f"Codegen {method} {path} got no answer within {self.timeout:g}s",
-                timeout_duration=self.timeout,
-                provider_name=PROVIDER_NAME,
-            ) from exc
+            with guard:
+                resp = self.session.request(
+                    method,
+                    self.base_url + path,
+                    params=params,
+                    json=json_body,
+                    headers=headers,
+                    timeout=deadline.clamp(self.timeout),
+                    stream=True,
+                )
+                with resp:
+                    raw = self._read_body(resp, deadline, method, path)
         except requests.RequestException as exc:
+            if isinstance(exc, requests.Timeout) or guard.fired or deadline.expired():
+                log.debug("codegen %s %s timed out after %.1fs", method, path, self.timeout)
+                raise self._timed_out(method, path) from exc
             # ConnectionError (refused, reset, DNS, TLS) and the rarer transport
             # failures (a body cut short): all mean "could not talk to the server".
             log.debug("codegen %s %s failed: %s", method, path, type(exc).__name__)
@@ -373,7 +398,7 @@ class CodegenClient:
         if not 200 <= resp.status_code < 300:
             error = error_for_status(
                 resp.status_code,
-                f"Codegen {method} {path}: {_error_message(resp)}",
+                f"Codegen {method} {path}: {_error_message(resp, raw)}",
                 provider_name=PROVIDER_NAME,
                 request_id=request_id,
                 retry_after=parse_retry_after(resp.headers),
@@ -382,7 +407,7 @@ class CodegenClient:
                 self.limiter.rate_limited(kind, error.retry_after)
             raise error
         try:
-            return resp.json()
+            return json.loads(raw)
         except ValueError:
             raise ProviderResponseError(
                 f"Codegen {method} {path} answered HTTP {resp.status_code} with a body that "
@@ -391,6 +416,50 @@ class CodegenClient:
                 status_code=resp.status_code,
                 request_id=request_id,
             ) from None
+
+    def _read_body(
+        self, resp: requests.Response, deadline: Deadline, method: str, path: str
+    ) -> bytearray:
+        """The body, streamed: at most ``max_answer_bytes`` of it is ever held.
+
+        A 2xx past the cap (declared or read) raises ``AnswerTooLargeError`` as soon as it
+        is known; an error status's body is cut at the cap (its start is the message).
+        """
+        limit = self.max_answer_bytes
+        ok = 200 <= resp.status_code < 300
+
+        def too_large() -> AIProviderError:
+            return answer_too_large(
+                limit,
+                provider_name=PROVIDER_NAME,
+                what=f"Codegen's answer to {method} {path}",
+                status_code=resp.status_code,
+                request_id=resp.headers.get("x-request-id"),
+            )
+
+        length = declared_length(resp.headers)
+        if ok and length is not None and length > limit:
+            raise too_large()
+        body = bytearray()
+        for chunk in resp.iter_content(_CHUNK_BYTES):
+            if deadline.expired():  # the guard cuts the socket; this covers other sessions
+                raise self._timed_out(method, path)
+            room = limit - len(body)
+            if len(chunk) > room:
+                if ok:
+                    raise too_large()
+                body += chunk[:room]
+                break
+            body += chunk
+        return body
+
+    def _timed_out(self, method: str, path: str) -> ProviderTimeoutError:
+        return ProviderTimeoutError(
+            f"Codegen {method} {path} got no complete answer within {self.timeout:g}s "
+            "(CODEGEN_TIMEOUT, the whole call)",
+            timeout_duration=self.timeout,
+            provider_name=PROVIDER_NAME,
+        )
 
     @staticmethod
     def _parse(model: type[M], data: Any) -> M:

@@ -1,7 +1,9 @@
 """One error tree for every provider, the Codegen client, the job layer and the queue.
 
 Errors are classified by HTTP status code and exception type, never by words in
-a message. Each class says whether it is worth retrying (``retryable``) and
+a message. A provider error's message (and request id) is redacted when the error is
+made (``app.core.redact``): a key echoed by a provider never reaches a log, a row or
+a webhook through it. Each class says whether it is worth retrying (``retryable``) and
 whether a provider chain may move on to its next provider (``fallback``).
 
     AIWorkerError                          the root: ``except AIWorkerError`` catches all of ours
@@ -22,6 +24,7 @@ whether a provider chain may move on to its next provider (``fallback``).
     │   ├── ProviderConflictError          409
     │   ├── ProviderServerError            5xx
     │   ├── ProviderResponseError          a 2xx whose body is not what the API documents
+    │   │   └── AnswerTooLargeError        ... or is larger than AIW_MAX_ANSWER_BYTES (not retried)
     │   └── AgentRunFailedError            a Codegen run ended FAILED/ERROR/CANCELLED/...
     ├── JobError                           following a job or a tracked run (not calling)
     │   ├── JobNotFoundError               no such job
@@ -39,6 +42,8 @@ whether a provider chain may move on to its next provider (``fallback``).
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+from app.core.redact import redact
 
 
 class AIWorkerError(Exception):
@@ -60,11 +65,14 @@ class AIProviderError(AIWorkerError):
         request_id: str | None = None,
         retry_after: float | None = None,
     ) -> None:
+        # A provider's error may echo the key it was sent: nothing that prints, stores or
+        # sends this error ever sees a secret (app.core.redact).
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.provider_name = provider_name
         self.status_code = status_code
-        self.request_id = request_id
+        self.request_id = redact(request_id)
         self.retry_after = retry_after
 
     @property
@@ -175,6 +183,27 @@ class ProviderResponseError(AIProviderError):
     retryable = True
 
 
+class AnswerTooLargeError(ProviderResponseError):
+    """The answer's body is larger than ``AIW_MAX_ANSWER_BYTES`` (``limit_bytes``).
+
+    Reading stopped at the cap: nothing of the answer is kept, stored or sent on
+    (``app.core.transfer``). Not retryable: the size comes from the request (the prompt,
+    ``max_tokens``, logprobs, a run's logs) or from a provider that misbehaves, so the
+    same provider will most likely send as much again, and every try costs the cap in
+    memory and bandwidth. A chain still falls back to its next provider, which may
+    answer the same request in less. Raise the setting if such answers are expected.
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, limit_bytes: int, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.limit_bytes = limit_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "limit_bytes": self.limit_bytes}
+
+
 class AgentRunFailedError(AIProviderError):
     """A Codegen agent run ended without success (FAILED, ERROR, CANCELLED, ...)."""
 
@@ -214,6 +243,7 @@ class JobFailedError(JobError):
     """The job ended without an answer; ``error_type`` and ``message`` say why."""
 
     def __init__(self, error_type: str | None, message: str | None, *, job_id: str) -> None:
+        message = redact(message)
         super().__init__(f"job {job_id} failed: {error_type}: {message}")
         self.error_type = error_type
         self.message = message

@@ -4,7 +4,10 @@
 run that ended) both end a try the same way: the job's next state, fenced by its
 claim (or by the run it waits for), the attempt row closed, the usage row of a paid
 answer, and the ``ai_request.*`` webhook when the job ends. The functions here build
-those values and write them in the caller's transaction; none commits.
+those values and write them in the caller's transaction; none commits. Every error
+message they record is redacted first (``app.core.redact``), so the job row, the
+attempt row and the webhook payload built from the job row hold no secret, on SQLite
+and on PostgreSQL's hot path (``app.jobs.hotpath`` writes these same values).
 
 Next states:
 
@@ -28,7 +31,8 @@ from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
 from app.ai.base import AIResponse
-from app.core.errors import AIProviderError
+from app.core.errors import AIProviderError, ProviderRateLimitError
+from app.core.redact import redact
 from app.db.claims import Action, Outcome
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus, UsageRow
 from app.webhooks.events import emit_ai_request_finished
@@ -67,7 +71,10 @@ def finish_values(
     *,
     response: AIResponse | None = None,
     error: AIProviderError | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
+    """The values of a job that ends now; its error message redacted (``settings``'
+    secrets, default the process's, and the shapes of secrets: ``app.core.redact``)."""
     values: dict[str, Any] = {
         "status": status,
         "finished_at": now,
@@ -85,7 +92,7 @@ def finish_values(
             error_message=None,
         )
     if error is not None:
-        values.update(error_type=error.error_type, error_message=str(error))
+        values.update(error_type=error.error_type, error_message=redact(str(error), settings))
     return values
 
 
@@ -100,6 +107,7 @@ class Try:
     provider_index: int
     retries_on_provider: int
     callback: str | None
+    started_at: datetime | None = None  # the job's first claim
 
 
 @dataclass(frozen=True)
@@ -133,20 +141,18 @@ def decide(
         http_status=error.status_code,
         retry_after_s=error.retry_after,
         error_type=error.error_type,
-        error_message=str(error)[:ERROR_CHARS],
+        error_message=redact(str(error), settings)[:ERROR_CHARS],
         provider_request_id=error.request_id,
     )
-    if policy.should_retry(error, tried.retries_on_provider):
+    if isinstance(error, ProviderRateLimitError):
+        rate_limited = _rate_limited(tried, error, policy, now, settings, attempt)
+        if rate_limited is not None:
+            return rate_limited
+        error = _out_of_patience(tried, error, now, settings)
+        attempt.update(error_message=redact(str(error), settings)[:ERROR_CHARS])
+    elif policy.should_retry(error, tried.retries_on_provider):
         attempt["outcome"] = AttemptOutcome.RETRY
-        delay = policy.delay_for(error, tried.retries_on_provider)
-        asked = error.retry_after
-        if asked is not None and asked > policy.retry_after_max:
-            delay = min(asked, PARK_MAX)  # the server's time, not an early try at the cap
-            attempt["detail"] = (
-                f"the server asked to wait {asked:g} s (Retry-After), more than "
-                f"RETRY_AFTER_MAX={policy.retry_after_max:g} s: the job waits until "
-                f"{(now + timedelta(seconds=delay)).isoformat()}"
-            )
+        delay = _delay(error, tried.retries_on_provider, policy, now, attempt)
         values, action, countdown = wait_values(delay, now, settings)
         values["retries_on_provider"] = tried.retries_on_provider + 1
         outcome = Outcome(
@@ -166,11 +172,71 @@ def decide(
             reason=f"falling back to {following}",
         )
         return Decision(values, attempt, outcome)
-    values = finish_values(JobStatus.FAILED, now, error=error)
+    values = finish_values(JobStatus.FAILED, now, error=error, settings=settings)
     outcome = Outcome(
         jid, "done", JobStatus.FAILED, callback=tried.callback, reason=error.error_type
     )
     return Decision(values, attempt, outcome)
+
+
+def _delay(
+    error: AIProviderError, retries: int, policy: RetryPolicy, now: datetime,
+    attempt: dict[str, Any],
+) -> float:  # fmt: skip
+    """The wait before the next try: the backoff, or a server's Retry-After honoured in
+    full when it is beyond ``RETRY_AFTER_MAX`` (parked; the attempt's detail says so)."""
+    delay = policy.delay_for(error, retries)
+    asked = error.retry_after
+    if asked is not None and asked > policy.retry_after_max:
+        delay = min(asked, PARK_MAX)  # the server's time, not an early try at the cap
+        attempt["detail"] = (
+            f"the server asked to wait {asked:g} s (Retry-After), more than "
+            f"RETRY_AFTER_MAX={policy.retry_after_max:g} s: the job waits until "
+            f"{(now + timedelta(seconds=delay)).isoformat()}"
+        )
+    return delay
+
+
+def waited(tried: Try, now: datetime) -> float:
+    """Seconds since the job's first try."""
+    return 0.0 if tried.started_at is None else max(0.0, (now - tried.started_at).total_seconds())
+
+
+def _rate_limited(
+    tried: Try,
+    error: ProviderRateLimitError,
+    policy: RetryPolicy,
+    now: datetime,
+    settings: Settings,
+    attempt: dict[str, Any],
+) -> Decision | None:
+    """A 429 is the provider saying "later", not a fault: the job waits (the server's
+    Retry-After, else the backoff) without spending a retry, as long as it has waited
+    less than ``AIW_RATE_LIMIT_WAIT_MAX`` in all. None: that budget is spent."""
+    delay = _delay(error, min(tried.retries_on_provider, 5), policy, now, attempt)
+    if waited(tried, now) + delay > settings.aiw_rate_limit_wait_max:
+        return None
+    attempt["outcome"] = AttemptOutcome.RETRY
+    values, action, countdown = wait_values(delay, now, settings)
+    outcome = Outcome(
+        str(tried.job_id), action, JobStatus.WAITING, countdown=countdown,
+        reason=error.error_type,
+    )  # fmt: skip
+    return Decision(values, attempt, outcome)
+
+
+def _out_of_patience(
+    tried: Try, error: ProviderRateLimitError, now: datetime, settings: Settings
+) -> ProviderRateLimitError:
+    """The 429 that spends the job's waiting budget: the reason it fails (or falls back)."""
+    return ProviderRateLimitError(
+        f"still rate limited after {waited(tried, now):.0f} s of trying, more than "
+        f"AIW_RATE_LIMIT_WAIT_MAX={settings.aiw_rate_limit_wait_max:g} s: {error.message}",
+        provider_name=error.provider_name,
+        status_code=error.status_code,
+        request_id=error.request_id,
+        retry_after=error.retry_after,
+    )
 
 
 def usage_values(

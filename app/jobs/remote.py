@@ -223,6 +223,7 @@ def run_ended(
         job.provider_index,
         job.retries_on_provider,
         job.callback,
+        job.started_at,
     )
     latency = max(0.0, (now - attempt.started_at).total_seconds())
     error = ended_error(row)

@@ -146,6 +146,17 @@ def _call(claim: _Claim, settings: Settings) -> Outcome:
     )
     waiting = _cooldown_remaining(cooldown_name, settings)
     if waiting > 0:
+        if records.waited(tried, utcnow()) + waiting > settings.aiw_rate_limit_wait_max:
+            # Waited out rate limits long enough: the reason it fails (or falls back).
+            cooling = ProviderRateLimitError(
+                f"{tried.provider} kept cooling down (a 429 shared by every worker)",
+                provider_name=tried.provider,
+                retry_after=waiting,
+            )
+            return record_durably(
+                lambda: _record(claim, provider, 0.0, None, cooling, settings),
+                what=f"job {tried.job_id}",
+            )
         return _defer(claim, waiting, settings)
 
     t0 = time.perf_counter()
@@ -275,6 +286,7 @@ def _claimed(
         row["provider_index"],
         row["retries_on_provider"],
         row["callback"],
+        row["started_at"],
     )
     params = row["parameters"] or {}
     request = AIRequest(

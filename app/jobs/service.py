@@ -25,8 +25,9 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app.ai.base import AIRequest, AIResponse
-from app.ai.factory import provider_names
+from app.ai.base import AIProvider, AIRequest, AIResponse, check_json_text, check_text
+from app.ai.factory import build_provider, provider_names
+from app.config import get_settings
 from app.core.errors import (
     InvalidRequestError,
     JobFailedError,
@@ -147,6 +148,9 @@ def _validate(
             raise InvalidRequestError("tags must be a list of strings")
         if len(tags) > MAX_TAGS or not all(isinstance(t, str) and 0 < len(t) <= 100 for t in tags):
             raise InvalidRequestError(f"tags must be at most {MAX_TAGS} strings of 1..100 chars")
+        check_json_text("tags", list(tags))
+    if isinstance(idempotency_key, str):
+        check_text("idempotency_key", idempotency_key)
     if idempotency_key is not None and (
         not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= MAX_KEY_LENGTH
     ):
@@ -162,7 +166,40 @@ def _validate(
         raise InvalidRequestError("subject must be a dict")
     _check_json("provider keyword arguments", provider_kwargs)
     _check_json("subject", subject)
+    check_json_text("provider keyword arguments", provider_kwargs)
+    check_json_text("subject", subject)
+    _check_providers(request.model_copy(update={"extra": dict(provider_kwargs)}), provider)
     return request
+
+
+_checkers: dict[tuple[str, int], AIProvider] = {}
+
+
+def _check_providers(request: AIRequest, provider: object) -> None:
+    """The options must suit the forced provider, or at least one provider of the
+    registry (automatic choice: the worker's credentials decide which ones it has).
+    Nothing is asked over the network."""
+    names = [str(provider)] if provider is not None else provider_names()
+    refusals: list[InvalidRequestError] = []
+    settings = get_settings()
+    for name in names:
+        key = (name, id(settings))
+        checker = _checkers.get(key)
+        if checker is None:
+            if len(_checkers) > 32:
+                _checkers.clear()
+            checker = _checkers[key] = build_provider(name, settings=settings)
+        try:
+            checker.check_request(request)
+        except InvalidRequestError as exc:
+            refusals.append(exc)
+            continue
+        return
+    if len(refusals) == 1:
+        raise refusals[0]
+    raise InvalidRequestError(
+        "no provider takes these options: " + "; ".join(str(r) for r in refusals)
+    )
 
 
 def submit(

@@ -7,7 +7,12 @@ timeouts and all. Faults are switched on from the test:
 
     srv.faults.push(Fault.rate_limit(retry_after=2), times=3)   # next 3 requests
     srv.faults.set_random(0.3, [Fault.status(500), Fault.status(503)], seed=1)
+    srv.faults.push(Fault.trickle(3.0))            # the answer, one byte every 3 s
+    srv.faults.push(Fault.huge_body(50))           # a 200 with 50 MB of valid-looking JSON
     srv.faults.clear()
+
+``srv.body_bytes_sent`` counts the bytes of answer bodies written to sockets (a client
+that stops reading at its cap stops this count near the cap plus the socket buffers).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import random
 import socket
 import threading
 import time
+import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -31,11 +37,15 @@ from urllib.parse import parse_qs, urlsplit
 class Fault:
     """One way to answer badly. Build with the class methods."""
 
-    kind: str  # "status" | "slow" | "drop" | "bad_json"
+    kind: str  # "status" | "slow" | "drop" | "bad_json" | "trickle" | "huge_body"
     status: int = 500
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    size: int = 0  # huge_body: bytes of the (decoded) body
+    chunked: bool = False  # huge_body: Transfer-Encoding: chunked, no Content-Length
+    gzip: bool = False  # huge_body: Content-Encoding: gzip (chunked)
+    from_start: bool = False  # trickle: the status line and headers too, not only the body
 
     @classmethod
     def status_code(
@@ -74,6 +84,27 @@ class Fault:
     def drop(cls) -> Fault:
         """Close the connection without any answer."""
         return cls("drop")
+
+    @classmethod
+    def trickle(cls, seconds: float, *, from_start: bool = False) -> Fault:
+        """The normal answer, one byte every ``seconds``: the body (the status line and
+        headers at once), or with ``from_start`` everything, from the status line on.
+        No single read waits long, so only a deadline on the whole call ends it."""
+        return cls("trickle", seconds=seconds, from_start=from_start)
+
+    @classmethod
+    def huge_body(
+        cls, megabytes: float, *, chunked: bool = False, gzip: bool = False, status: int = 200
+    ) -> Fault:
+        """A 200 (or ``status``) whose body is ``megabytes`` MB of valid-looking JSON in this
+        API's shape (``FakeServer.huge_body_parts``), made as it is sent (the fake holds
+        none of it).
+
+        Declared by ``Content-Length``; with ``chunked`` sent in chunks and undeclared;
+        with ``gzip`` compressed (a few KB on the wire that inflate to the full size).
+        """
+        size = int(megabytes * 1_000_000)
+        return cls("huge_body", status=status, size=size, chunked=chunked or gzip, gzip=gzip)
 
     @classmethod
     def bad_json(cls) -> Fault:
@@ -198,13 +229,22 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "slow":
             time.sleep(fault.seconds)
             fault = None
+        if fault is not None and fault.kind == "huge_body":
+            self._send_huge(fault)
+            return
+        trickle: Fault | None = None
+        if fault is not None and fault.kind == "trickle":
+            trickle, fault = fault, None
         if fault is not None and fault.kind == "bad_json":
             reply = Reply(200, raw=b'{"id": "broken", "choices": [')
         elif fault is not None:
             reply = fake.fault_reply(fault)
         else:
             reply = fake.dispatch(request)
-        self._send(reply)
+        if trickle is not None:
+            self._send_trickled(reply, trickle)
+        else:
+            self._send(reply)
 
     def _send(self, reply: Reply) -> None:
         data = (
@@ -220,8 +260,87 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
+            self.server.fake._count_sent(len(data))
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (its timeout): nothing to do
+
+    def _head(self, status: int, headers: dict[str, str]) -> bytes:
+        lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}".rstrip()]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _send_trickled(self, reply: Reply, fault: Fault) -> None:
+        """``reply``, one byte every ``fault.seconds`` (the head at once unless from_start)."""
+        data = (
+            reply.raw
+            if reply.raw is not None
+            else (b"" if reply.body is None else json.dumps(reply.body).encode())
+        )
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(data)),
+                   **reply.headers, "Connection": "close"}
+        head = self._head(reply.status, headers)
+        self.close_connection = True
+        fake = self.server.fake
+        try:
+            if not fault.from_start:
+                self.wfile.write(head)
+            slow = head + data if fault.from_start else data
+            for i in range(len(slow)):
+                time.sleep(fault.seconds)
+                self.wfile.write(slow[i : i + 1])
+                if not fault.from_start or i >= len(head):
+                    fake._count_sent(1)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (its deadline)
+
+    def _send_huge(self, fault: Fault) -> None:
+        """A ``fault.status`` with ``fault.size`` bytes of JSON, written as it is made."""
+        fake = self.server.fake
+        prefix, suffix = fake.huge_body_parts()
+        filler = max(0, fault.size - len(prefix) - len(suffix))
+        headers = {"Content-Type": "application/json", "Connection": "close"}
+        if fault.gzip:
+            headers["Content-Encoding"] = "gzip"
+        if fault.chunked:
+            headers["Transfer-Encoding"] = "chunked"
+        else:
+            headers["Content-Length"] = str(len(prefix) + filler + len(suffix))
+        self.close_connection = True
+
+        def pieces() -> Iterator[bytes]:
+            yield prefix
+            block = b"x" * 65536
+            left = filler
+            while left > 0:
+                yield block[: min(left, len(block))]
+                left -= min(left, len(block))
+            yield suffix
+
+        def encoded() -> Iterator[bytes]:
+            if not fault.gzip:
+                yield from pieces()
+                return
+            deflater = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+            for piece in pieces():
+                out = deflater.compress(piece)
+                if out:
+                    yield out
+            yield deflater.flush()
+
+        try:
+            self.wfile.write(self._head(fault.status, headers))
+            for piece in encoded():
+                if not piece:
+                    continue
+                if fault.chunked:
+                    self.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+                else:
+                    self.wfile.write(piece)
+                fake._count_sent(len(piece))
+            if fault.chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading (its cap)
 
     do_GET = _handle
     do_POST = _handle
@@ -246,6 +365,8 @@ class FakeServer:
         self.latency = latency
         self.faults = FaultPlan()
         self.requests: list[RecordedRequest] = []
+        #: Bytes of answer bodies written to sockets so far (as sent: compressed if so).
+        self.body_bytes_sent = 0
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -295,6 +416,10 @@ class FakeServer:
                 )
             )
 
+    def _count_sent(self, n: int) -> None:
+        with self._lock:
+            self.body_bytes_sent += n
+
     def request_count(self, path_contains: str | None = None, method: str | None = None) -> int:
         with self._lock:
             return sum(
@@ -307,6 +432,11 @@ class FakeServer:
     # to implement ----------------------------------------------------------------------
     def dispatch(self, request: Request) -> Reply:
         raise NotImplementedError
+
+    def huge_body_parts(self) -> tuple[bytes, bytes]:
+        """What a ``huge_body`` answer starts and ends with; the middle is ``x`` repeated,
+        so the whole is one valid JSON object. Subclasses give their API's shape."""
+        return b'{"data": "', b'"}'
 
     def fault_reply(self, fault: Fault) -> Reply:
         """The body of a status fault in this API's error shape."""

@@ -30,6 +30,7 @@ It follows ``shared/reference/codegen-openapi3.json`` and EXTERNAL.md:
   counts the 429s answered. Refused requests do not use up the window.
 - ``max_runs = N``: creations past N runs answer 402 (the plan's runs are used up).
 - Unknown run: 404 ``{"message": "Agent run not found.", "status_code": 404}``.
+- ``Fault.huge_body`` answers a COMPLETE ``AgentRunResponse`` whose ``result`` is the filler.
 
 Runs move with time (``clock``, injectable; a test may share a fake clock with the
 client's ``sleep``): ``PENDING`` for ``pending_seconds``, ``ACTIVE`` for
@@ -396,6 +397,19 @@ class FakeCodegenServer(FakeServer):
                 window.hits.clear()
 
     # --- HTTP ---------------------------------------------------------------------------
+    def huge_body_parts(self) -> tuple[bytes, bytes]:
+        """A ``huge_body`` answer is a COMPLETE ``AgentRunResponse`` whose result is the
+        filler."""
+        prefix = (
+            f'{{"id": {FIRST_RUN_ID}, "organization_id": {self.org_id}, "status": "COMPLETE",'
+            ' "result": "'
+        )
+        suffix = (
+            '", "summary": null, "web_url": null, "created_at": null, "source_type": "API",'
+            ' "github_pull_requests": [], "metadata": null}'
+        )
+        return prefix.encode(), suffix.encode()
+
     def fault_reply(self, fault: Fault) -> Reply:
         """A status fault in Codegen's shapes (a 5xx is plain text, as a proxy sends it)."""
         headers = dict(fault.headers)

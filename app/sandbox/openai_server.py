@@ -12,7 +12,9 @@ its real HTTP client, sockets and timeouts::
 What it does, as the real API does:
 
 - ``POST /v1/chat/completions`` needs ``Authorization: Bearer <api_key>`` (else 401
-  ``invalid_api_key``), a ``model`` it knows (else 404 ``model_not_found``) and a
+  ``invalid_api_key``, its message masking the key; with ``srv.echo_key_in_errors`` the
+  key presented is echoed verbatim in every field and in ``x-request-id``, as a hostile
+  proxy would), a ``model`` it knows (else 404 ``model_not_found``) and a
   non-empty ``messages`` list (else 400 ``invalid_request_error``). Unknown body
   fields are refused with 400, like the real API's "Unrecognized request argument".
 - The answer is deterministic: ``"echo: " + <last user message>``, unless
@@ -28,6 +30,7 @@ What it does, as the real API does:
   longer prompt gets 400 ``context_length_exceeded``.
 - Every answer carries ``x-request-id`` and the ``x-ratelimit-*`` headers.
 - ``GET /v1/models`` and ``GET /v1/models/{id}``.
+- ``Fault.huge_body`` answers a chat completion whose content is the filler.
 - Status faults (``srv.faults``) answer in OpenAI's error shape; see ``fault_reply``,
   ``insufficient_quota_fault`` and ``context_length_fault``.
 """
@@ -198,6 +201,9 @@ class FakeOpenAIServer(FakeServer):
         self.reasoning_tokens = 0
         self.send_usage = True  # False: no "usage" at all (some compatible servers)
         self.send_usage_details = True  # False: no *_tokens_details objects
+        # True: a wrong key's 401 echoes the key verbatim in every field of the error
+        # (message, type, code, param) and in x-request-id, as some proxies do.
+        self.echo_key_in_errors = False
         self.rate_limit_requests = 10_000
         self.rate_limit_tokens = 2_000_000
         self._window_start = time.time()
@@ -274,6 +280,19 @@ class FakeOpenAIServer(FakeServer):
         )
 
     # faults --------------------------------------------------------------------------------
+    def huge_body_parts(self) -> tuple[bytes, bytes]:
+        """A ``huge_body`` answer is a chat completion whose content is the filler."""
+        head = {"id": "chatcmpl-huge", "object": "chat.completion", "created": self.created,
+                "model": "gpt-4o-mini"}
+        prefix = json.dumps(head)[:-1] + (
+            ', "choices": [{"index": 0, "message": {"role": "assistant", "content": "'
+        )
+        suffix = (
+            '"}, "logprobs": null, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1,'
+            ' "completion_tokens": 1, "total_tokens": 2}}'
+        )
+        return prefix.encode(), suffix.encode()
+
     def fault_reply(self, fault: Fault) -> Reply:
         """A status fault in OpenAI's error shape (``fault.body`` wins when given)."""
         if fault.body is not None:
@@ -318,6 +337,18 @@ class FakeOpenAIServer(FakeServer):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or token.strip() != self.api_key:
             shown = token.strip()
+            if self.echo_key_in_errors:
+                return Reply(
+                    401,
+                    openai_error(
+                        f"Incorrect API key provided: {shown}. You can find your API key at "
+                        "https://platform.openai.com/account/api-keys.",
+                        type=f"invalid_request_error ({shown})",
+                        code=f"invalid_api_key:{shown}",
+                        param=shown,
+                    ),
+                    {"x-request-id": f"req_{shown}"},
+                )
             masked = f"{shown[:3]}***{shown[-2:]}" if len(shown) > 8 else "***"
             return self._error(
                 401,

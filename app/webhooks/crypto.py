@@ -172,3 +172,71 @@ def _read_key_file(path: Path) -> bytes:
     if not data:
         raise SecretKeyError(f"{path} is empty; delete it to have a new key generated")
     return data
+
+
+def key_warning(settings: Settings) -> str | None:
+    """A warning when ``AIW_SECRET_KEY`` is unset with a shared database: each process
+    with its own ``AIW_DATA_DIR`` (each container) would make a key file of its own, and
+    an endpoint registered by one could not be delivered by another (processes sharing
+    the data directory, as ``aiw up``'s do, share the key file and are fine)."""
+    from app.db.session import database_url
+
+    if settings.aiw_secret_key is not None or database_url(settings).startswith("sqlite"):
+        return None
+    key_path = settings.aiw_data_dir.expanduser().resolve() / KEY_FILENAME
+    return (
+        "AIW_SECRET_KEY is not set while the database is shared: a process with another "
+        f"data directory than {key_path.parent} (another container) makes a key of its own "
+        f"and cannot use the webhook secrets registered here; set AIW_SECRET_KEY ({_KEY_HELP})"
+    )
+
+
+def key_problems(settings: Settings) -> list[str]:
+    """What is wrong with the key of the webhook secrets, in words (nothing is created):
+    stored secrets of enabled endpoints that the key this process has cannot decrypt
+    (the key changed, or this process sees another one), so their deliveries fail."""
+    from sqlalchemy import select
+
+    from app.db.session import database_url, session_scope
+    from app.db.webhook_models import WebhookEndpointRow
+
+    problems: list[str] = []
+    configured = settings.aiw_secret_key
+    key_path = settings.aiw_data_dir.expanduser().resolve() / KEY_FILENAME
+    with session_scope(database_url(settings)) as session:
+        stored = list(
+            session.scalars(
+                select(WebhookEndpointRow.secret_encrypted)
+                .where(WebhookEndpointRow.enabled.is_(True))
+                .limit(200)
+            )
+        )
+    if not stored:
+        return problems
+    try:
+        if configured is not None:
+            keys = [k.strip().encode("ascii") for k in configured.get_secret_value().split(",")]
+            box = SecretBox([k for k in keys if k])
+        elif key_path.exists():
+            box = SecretBox([_read_key_file(key_path)])
+        else:
+            problems.append(
+                f"{len(stored)} webhook endpoint(s) have secrets but this process has no key "
+                f"(AIW_SECRET_KEY unset, no {key_path}): their deliveries would fail"
+            )
+            return problems
+    except SecretKeyError as exc:
+        return [*problems, str(exc)]
+    failing = 0
+    for token in stored:
+        try:
+            box.decrypt(token)
+        except SecretKeyError:
+            failing += 1
+    if failing:
+        problems.append(
+            f"{failing} of {len(stored)} enabled webhook endpoint(s) have secrets the current "
+            "key cannot decrypt: their deliveries fail; use the key that registered them "
+            "(AIW_SECRET_KEY, or the same AIW_DATA_DIR/secret.key) or register them again"
+        )
+    return problems

@@ -26,7 +26,9 @@ autocommit connection (``_unit``); SQLite, which cannot return joined rows from 
 UPDATE, takes two statements in a transaction.
 
 ``send`` is the one place that catches every exception: whatever goes wrong
-while sending becomes a failed attempt with its reason, never a lost delivery.
+while sending becomes a failed attempt with its reason, never a lost delivery. That
+reason (an attempt's ``error``, the delivery's ``last_error``) and the response
+snippet kept are redacted (``app.core.redact``) before they are stored.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from sqlalchemy.orm import Session
 from urllib3.exceptions import MaxRetryError
 
 from app.config import get_settings
+from app.core.redact import redact
 from app.db.base import UTCDateTime, utcnow
 from app.db.claims import Outcome, claimable, lease_until, record_durably
 from app.db.heartbeat import hold
@@ -354,8 +357,8 @@ def send(claim: _Claim, settings: Settings) -> SendResult:
     return SendResult(
         status_code=status_code,
         latency_s=time.perf_counter() - t0,
-        error=None if error is None else error[:ERROR_CHARS],
-        snippet=snippet,
+        error=None if error is None else redact(error, settings)[:ERROR_CHARS],
+        snippet=redact(snippet, settings),
         started_at=started,
     )
 

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from app.ai.base import Usage
 from app.core.publisher import PublishError, get_publisher
+from app.core.redact import redact
 from app.db.base import utcnow
 from app.db.models import AIRequestRow
 from app.db.session import after_commit
@@ -227,7 +228,8 @@ def _iso(value: datetime | None) -> str | None:
 
 def ai_request_payload(row: AIRequestRow) -> dict[str, Any]:
     """The payload of ``ai_request.succeeded`` / ``ai_request.failed`` (no prompt, no
-    provider metadata, never a secret: only what the job row says of its outcome)."""
+    provider metadata, never a secret: only what the job row says of its outcome, its
+    error message redacted once more, whatever wrote the row)."""
     result = row.result or {}
     succeeded = row.status == "succeeded"
     usage = result.get("usage")
@@ -240,7 +242,9 @@ def ai_request_payload(row: AIRequestRow) -> dict[str, Any]:
         "provider": row.provider_used,
         "model": row.model,
         "content": result.get("content") if succeeded else None,
-        "error": None if succeeded else {"type": row.error_type, "message": row.error_message},
+        "error": None
+        if succeeded
+        else {"type": row.error_type, "message": redact(row.error_message)},  # again
         "usage": usage,
         "cost_usd": result.get("cost_usd"),
         "tags": list(row.tags or []),

@@ -28,7 +28,11 @@ from tests.plugins.services import REPO_ROOT
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
-REQUIRED = {"POSTGRES_PASSWORD": "example-password", "FLOWER_BASIC_AUTH": "admin:example"}
+REQUIRED = {
+    "POSTGRES_PASSWORD": "example-password",
+    "FLOWER_BASIC_AUTH": "admin:example",
+    "AIW_SECRET_KEY": "u1XZkzKbTX8kZ3Pk7YQwC9d0mY0s6bQm0jv2o8lZ0XU=",
+}
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
@@ -97,6 +101,8 @@ def test_compose_spec_parser_would_catch_mistakes() -> None:
 def test_required_secrets_have_no_default() -> None:
     with pytest.raises(ValueError, match="POSTGRES_PASSWORD"):
         interpolate(loaded(), env_example())  # .env.example leaves them empty on purpose
+    with pytest.raises(ValueError, match="AIW_SECRET_KEY"):
+        interpolate(loaded(), {**env_example(), **REQUIRED, "AIW_SECRET_KEY": ""})
 
 
 def test_the_projects_rules() -> None:

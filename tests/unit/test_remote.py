@@ -233,13 +233,12 @@ def test_cancel_stops_waiting_and_the_run_is_still_followed(
     assert runs_of(handle.id)[0].remote_status == "COMPLETE"
 
 
-def test_options_codegen_refuses_fail_the_try_before_any_run(
+def test_options_codegen_refuses_are_refused_at_submit(
     bed: RecordingPublisher, codegen_env: FakeCodegenServer, openai_env: FakeOpenAIServer
 ) -> None:
-    handle = submit("bad option for codegen", provider="codegen", repo_id="seven")
-    done = drive(bed, handle.id)
-    assert done.status == JobStatus.FAILED and done.error_type == "InvalidRequestError"
-    assert runs_of(handle.id) == [] and codegen_env.run_count == 0
+    with pytest.raises(InvalidRequestError, match="repo_id"):
+        submit("bad option for codegen", provider="codegen", repo_id="seven")
+    assert bed.jobs == [] and codegen_env.run_count == 0
 
 
 def test_the_seed_example_repository_branch_priority_through_the_queue(

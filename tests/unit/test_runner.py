@@ -225,7 +225,7 @@ def test_the_attempt_is_written_before_the_call_and_a_lost_one_is_marked(
 def test_a_retry_after_beyond_the_cap_parks_the_job_until_the_servers_time(
     published: RecordingPublisher, openai_env: FakeOpenAIServer, env: Any,
 ) -> None:
-    env(RETRY_AFTER_MAX=5)
+    env(RETRY_AFTER_MAX=5, AIW_RATE_LIMIT_WAIT_MAX=7200)
     openai_env.faults.push(Fault.rate_limit(retry_after=3600))
     handle = submit("wait for me")
     before = utcnow()
@@ -308,3 +308,24 @@ def test_usage_stats_add_up(published: RecordingPublisher, openai_env: FakeOpenA
     assert ok["p50_latency_s"] <= ok["p95_latency_s"]
     assert ok["day"] == utcnow().date().isoformat()
     assert usage_stats(since=utcnow() + timedelta(hours=1)) == []
+
+
+def test_429s_spend_no_retries_only_the_waiting_budget_ends_the_job(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer, env: Any
+) -> None:
+    env(OPENAI_MAX_RETRIES=1, AIW_RATE_LIMIT_WAIT_MAX=3)
+    # Far more 429s than retries: the provider says "later", not "broken".
+    openai_env.faults.push(Fault.rate_limit(retry_after=0.05), times=6)
+    handle = submit("patience")
+    assert drive(handle.id)[-1] == "done"
+    assert get_job(handle.id).status == JobStatus.SUCCEEDED
+    outcomes = [a.outcome for a in get_attempts(handle.id)]
+    assert outcomes.count("retry") == 6 and outcomes[-1] == "succeeded"
+    # A provider that keeps saying 429: only the waiting budget fails the job, with why.
+    reset_cooldowns()
+    openai_env.faults.push(Fault.rate_limit(retry_after=0.5), times=100)
+    stubborn = submit("never")
+    drive(stubborn.id)
+    job = get_job(stubborn.id)
+    assert job.status == JobStatus.FAILED and job.error_type == "ProviderRateLimitError"
+    assert "AIW_RATE_LIMIT_WAIT_MAX=3" in (job.error_message or "")

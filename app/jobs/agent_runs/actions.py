@@ -46,6 +46,7 @@ from app.codegen import IN_PROGRESS, NEEDS_INPUT, TERMINAL, AgentRun, is_termina
 from app.config import get_settings
 from app.core.budget import BudgetExhausted
 from app.core.errors import AIProviderError, InvalidRequestError, ProviderRateLimitError
+from app.core.redact import redact
 from app.core.retry import RetryPolicy
 from app.db.agent_run_models import AgentRunEventKind, AgentRunEventRow, AgentRunRow, AgentRunState
 from app.db.base import utcnow
@@ -452,6 +453,7 @@ def _end_attempt(
     now: datetime,
     settings: Settings,
 ) -> None:
+    message = redact(message, settings)  # the row, its event and the webhook: no secret
     if claim.state == AgentRunState.CREATING:
         notices = Notices()
         mark_create_failed(session, row, error_type, message, now, settings, notices)

@@ -17,6 +17,9 @@ On a status change (Codegen's status verbatim, ``old`` -> ``new``):
   pull requests, and the result, summary and pull requests stored as artifacts
   (looked up first: seeing the same end twice never duplicates them). The logs are
   fetched afterwards by the poller (``store_logs``), with budget left over from polls.
+
+Every error text recorded here (``error_message``, ``last_poll_error``, an event's
+``detail``, the ``agent_run.failed`` payload) is redacted first (``app.core.redact``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from app.codegen import AgentRun, AgentRunLog, PullRequest, is_success, is_terminal
 from app.core.publisher import get_publisher
+from app.core.redact import redact
 from app.db.agent_run_models import AgentRunEventKind, AgentRunEventRow, AgentRunRow, AgentRunState
 from app.db.models import ArtifactRow
 from app.jobs import remote
@@ -195,7 +199,8 @@ def _event(
 ) -> None:
     session.add(
         AgentRunEventRow(
-            agent_run_id=row.id, kind=kind, old_status=old, new_status=new, detail=detail,
+            agent_run_id=row.id, kind=kind, old_status=old, new_status=new,
+            detail=redact(detail),
             created_at=now,
         )
     )  # fmt: skip
@@ -274,7 +279,7 @@ def observe(
 def poll_failed(row: AgentRunRow, error: str, delay: float, now: datetime) -> None:
     """Codegen gave no usable answer: keep the last known status, try again later."""
     row.poll_failures += 1
-    row.last_poll_error = error[:2000]
+    row.last_poll_error = redact(error)[:2000]
     row.claim_token = None
     row.next_poll_at = now + timedelta(seconds=delay)
     row.updated_at = now
@@ -316,6 +321,7 @@ def mark_create_failed(
 ) -> None:
     """Codegen refused the creation (or the retries ran out): the run never started (the
     job it answers, if any, fails or falls back)."""
+    message = redact(message, settings)
     row.state = AgentRunState.CREATE_FAILED
     row.error_type = error_type
     row.error_message = message[:4000]

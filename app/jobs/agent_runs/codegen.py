@@ -148,6 +148,7 @@ def get_gateway(settings: Settings) -> CodegenGateway:
                 settings.codegen_token,
                 settings.codegen_base_url,
                 timeout=settings.codegen_timeout,
+                max_answer_bytes=settings.aiw_max_answer_bytes,
             )
             gateway = CodegenGateway(
                 client,
