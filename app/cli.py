@@ -246,8 +246,8 @@ def submit(
 
     Prints the job id and status (and the answer with --wait). If the broker is
     down the job is still accepted (it is in the database) and a warning says
-    so: the sweep publishes it once the broker and beat are back; with --wait,
-    aiw exits 3 at once instead of waiting for nothing.
+    so: the sweep publishes it once the broker and beat are back. aiw then exits
+    3 (with --wait at once, instead of waiting for nothing).
     """
     from app.core.publisher import PublishError, get_publisher, set_publisher
     from app.jobs import submit as submit_job
@@ -285,9 +285,17 @@ def submit(
             err=True,
         )
         if wait_s:
-            click.echo(str(handle.id))
-            sys.exit(EXIT_NOT_PUBLISHED)
+            click.echo(str(handle.id))  # nothing to wait for: the id, for a script
+        else:
+            _print_job(handle.get(), as_json)
+        sys.exit(EXIT_NOT_PUBLISHED)
     job = handle.wait(wait_s) if wait_s else handle.get()
+    _print_job(job, as_json)
+    if wait_s and job.status != "succeeded":
+        sys.exit(EXIT_ERROR)
+
+
+def _print_job(job: Any, as_json: bool) -> None:
     if as_json:
         _print_json(job.model_dump(mode="json"))
     else:
@@ -296,8 +304,6 @@ def submit(
             click.echo(job.result.get("content") or "")
         elif job.error_type:
             click.echo(f"error: {job.error_type}: {job.error_message}")
-    if wait_s and job.status != "succeeded":
-        sys.exit(EXIT_ERROR)
 
 
 @main.command()
@@ -1079,9 +1085,9 @@ def _start_sandbox(openai_port: int, codegen_port: int) -> tuple[list[Any], dict
         "CODEGEN_ORG_ID": str(codegen.org_id),
         "CODEGEN_BASE_URL": codegen.url,
         "CODEGEN_POLL_INTERVAL": "1",
-        # The fake's runs end in about a second: poll them often so the tour is quick.
+        # The fake's runs end in about a second: poll them often so the tour is quick
+        # (rounds come only while runs are followed; beat's tick stays the minute).
         "AIW_AGENT_POLL_INTERVAL": "1",
-        "AIW_AGENT_POLL_SWEEP_INTERVAL": "1",
         "PREFER_CODEGEN": "false",
     }
     return [openai, codegen], env

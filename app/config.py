@@ -73,7 +73,10 @@ class Settings(BaseSettings):
         1.0, ge=0, description="seconds added to each window for request latency"
     )
     aiw_agent_poll_sweep_interval: float = Field(
-        2.0, gt=0, description="seconds between two poll sweeps (beat)"
+        60.0,
+        gt=0,
+        description="seconds between two beat ticks of the poller: the safety net (stuck"
+        " runs, lost messages); while runs are followed, rounds schedule themselves",
     )
     aiw_agent_poll_interval: float = Field(
         10.0, gt=0, description="seconds between two polls of one run, at first"
@@ -197,6 +200,21 @@ class Settings(BaseSettings):
     database_url: str | None = None
     celery_broker_url: str | None = None
     redis_url: str | None = None
+    # A server that accepts the connection and then says nothing (a partition behind a
+    # middlebox, a stopped VM) must not hang a submit or a command: these bound it.
+    aiw_connect_timeout: float = Field(
+        5.0, ge=1, le=300, description="seconds to connect to PostgreSQL or Redis"
+    )
+    aiw_read_timeout: float = Field(
+        5.0,
+        gt=1,
+        le=300,
+        description="seconds a Redis command (the broker's too) may wait for its answer;"
+        " PostgreSQL's TCP timeout for unanswered packets",
+    )
+    aiw_statement_timeout: float = Field(
+        60.0, ge=0, le=86_400, description="PostgreSQL statement_timeout (0: none)"
+    )
     flower_basic_auth: SecretStr | None = None
     aiw_data_dir: Path = DEFAULT_DATA_DIR
 

@@ -46,7 +46,15 @@ def transport_options(url: str, settings: Settings) -> dict[str, Any]:
         # Redis re-delivers a message not acknowledged within this time. It must be
         # longer than any countdown we schedule (AIW_MAX_COUNTDOWN; longer waits are
         # parked in the database) and than the longest task, or a task runs twice.
-        return {"visibility_timeout": settings.aiw_visibility_timeout}
+        # The socket timeouts make a broker that accepts and then says nothing (a
+        # partition) an error within seconds instead of a publish that waits forever
+        # (kombu's own advice); BRPOP waits 1 s, well inside them.
+        return {
+            "visibility_timeout": settings.aiw_visibility_timeout,
+            "socket_connect_timeout": settings.aiw_connect_timeout,
+            "socket_timeout": settings.aiw_read_timeout,
+            "socket_keepalive": True,
+        }
     if url.startswith("sqla+sqlite"):
         # kombu hands these to create_engine: wait for SQLite's lock, do not fail.
         return {"connect_args": {"timeout": 30}}

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from app.core import keys
 from app.core.cooldown import CooldownStore, credential_digest, get_cooldowns
 from app.core.errors import CodegenBudgetTimeoutError
-from app.core.keys import redis_url_for
+from app.core.keys import redis_client, redis_url_for
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -284,9 +284,7 @@ def get_codegen_budget(settings: Settings, *, digest: str | None = None) -> Code
         budget = _budgets.get(key)
         if budget is None:
             if url:
-                import redis
-
-                client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+                client = redis_client(url, settings)
                 budget = CodegenBudget(
                     RedisTokenBucket(client, f"{KEY_PREFIX}{STANDARD}:{digest}", standard),
                     RedisTokenBucket(client, f"{KEY_PREFIX}{CREATE}:{digest}", create),

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from app.core import keys
-from app.core.keys import redis_url_for
+from app.core.keys import redis_client, redis_url_for
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -49,10 +49,8 @@ LOCAL_TTL = 0.25
 
 
 class RedisCooldowns:
-    def __init__(self, url: str) -> None:
-        import redis
-
-        self._redis = redis.Redis.from_url(url)
+    def __init__(self, url: str, settings: Settings) -> None:
+        self._redis = redis_client(url, settings)
         self._seen: dict[str, tuple[float, float]] = {}  # name -> (valid until, cool until)
         self._lock = threading.Lock()
 
@@ -106,7 +104,7 @@ def get_cooldowns(settings: Settings) -> CooldownStore:
     with _stores_lock:
         store = _stores.get(url)
         if store is None:
-            store = RedisCooldowns(url) if url else MemoryCooldowns()
+            store = RedisCooldowns(url, settings) if url else MemoryCooldowns()
             _stores[url] = store
         return store
 

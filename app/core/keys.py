@@ -7,7 +7,7 @@ come from ``app.core.cooldown.credential_digest``: never a secret.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -28,3 +28,17 @@ def redis_url_for(settings: Settings) -> str | None:
         return settings.redis_url
     broker = settings.celery_broker_url or ""
     return broker if broker.startswith(("redis://", "rediss://")) else None
+
+
+def redis_client(url: str, settings: Settings) -> Any:
+    """A client of that Redis whose every wait is bounded (``AIW_CONNECT_TIMEOUT``,
+    ``AIW_READ_TIMEOUT``): a Redis that accepts and then says nothing is an error
+    within seconds, never a hang."""
+    import redis
+
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=settings.aiw_connect_timeout,
+        socket_timeout=settings.aiw_read_timeout,
+        socket_keepalive=True,
+    )

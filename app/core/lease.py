@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.core import keys
-from app.core.keys import redis_url_for
+from app.core.keys import redis_client, redis_url_for
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -126,9 +126,7 @@ def get_leases(settings: Settings) -> Leases:
         store = _stores.get(url)
         if store is None:
             if url:
-                import redis
-
-                client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+                client = redis_client(url, settings)
                 store = RedisLeases(client)
             else:
                 store = MemoryLeases()

@@ -5,7 +5,12 @@ Dialects:
 - **PostgreSQL** in production (``DATABASE_URL=postgresql+psycopg://...``; a
   bare ``postgresql://`` or ``postgres://`` URL is switched to the installed
   psycopg 3 driver). Engines use ``pool_pre_ping`` so a restarted server or a
-  dropped idle connection costs a reconnect, not a failed task.
+  dropped idle connection costs a reconnect, not a failed task. Every connection
+  has a deadline: ``connect_timeout`` (``AIW_CONNECT_TIMEOUT``, the whole handshake),
+  TCP keepalives and ``tcp_user_timeout`` (``AIW_READ_TIMEOUT``: a server whose
+  packets go unanswered is given up), and, on the engines of ``get_engine`` and
+  ``get_hot_engine``, ``statement_timeout`` (``AIW_STATEMENT_TIMEOUT``; migrations
+  run without it).
 - **SQLite** embedded, when ``DATABASE_URL`` is unset:
   ``sqlite:///<AIW_DATA_DIR>/aiw.sqlite3``. Each connection gets WAL journal
   mode (readers do not block the writer), a ``busy_timeout`` (a writer waits
@@ -72,7 +77,13 @@ def _normalize(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_engine_for(url: str | URL, *, sqlite_foreign_keys: bool = True, **kwargs: Any) -> Engine:
+def create_engine_for(
+    url: str | URL,
+    *,
+    sqlite_foreign_keys: bool = True,
+    statement_timeout: bool = False,
+    **kwargs: Any,
+) -> Engine:
     """A new (uncached) engine with the per-dialect settings described above.
 
     ``get_engine()`` is the normal entry point; this one exists for callers that
@@ -86,7 +97,29 @@ def create_engine_for(url: str | URL, *, sqlite_foreign_keys: bool = True, **kwa
         _configure_sqlite(engine, foreign_keys=sqlite_foreign_keys)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if parsed.get_backend_name() == "postgresql":
+        given = kwargs.get("connect_args", {})
+        kwargs["connect_args"] = {**_pg_deadlines(statement_timeout), **given}
     return create_engine(parsed, **kwargs)
+
+
+def _pg_deadlines(statement_timeout: bool) -> dict[str, Any]:
+    """libpq parameters that bound every wait on the server (see the module's doc)."""
+    from app.config import get_settings
+
+    settings = get_settings()
+    read_ms = int(settings.aiw_read_timeout * 1000)
+    args: dict[str, Any] = {
+        "connect_timeout": max(2, round(settings.aiw_connect_timeout)),  # libpq's minimum
+        "keepalives": 1,
+        "keepalives_idle": max(1, read_ms // 2000),
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": read_ms,
+    }
+    if statement_timeout and settings.aiw_statement_timeout:
+        args["options"] = f"-c statement_timeout={int(settings.aiw_statement_timeout * 1000)}"
+    return args
 
 
 def _configure_sqlite(engine: Engine, *, foreign_keys: bool) -> None:
@@ -120,7 +153,7 @@ def get_engine(url: str | None = None) -> Engine:
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _engines[key] = create_engine_for(key)
+            engine = _engines[key] = create_engine_for(key, statement_timeout=True)
         return engine
 
 
@@ -135,7 +168,10 @@ def get_hot_engine(url: str | None = None) -> Engine:
         engine = _engines.get(key)
         if engine is None:
             engine = _engines[key] = create_engine_for(
-                url or database_url(), pool_pre_ping=False, isolation_level="AUTOCOMMIT"
+                url or database_url(),
+                statement_timeout=True,
+                pool_pre_ping=False,
+                isolation_level="AUTOCOMMIT",
             )
         return engine
 

@@ -117,6 +117,30 @@ def kinds(handle: AgentRunHandle) -> list[str]:
     return sorted({a.kind for a in handle.artifacts()})
 
 
+def _poll_messages(bed: AgentBed) -> int:
+    worker = next(p for p in bed.queue.celery.processes if p.kind == "worker")
+    return worker.log().count("Task aiw.agent_run.poll[")  # "received" lines: one a message
+
+
+def test_the_poller_runs_while_runs_are_followed_and_is_quiet_otherwise(
+    agent_bed: AgentBed,
+) -> None:
+    # Beat's tick (the safety net) an hour away: only the self-scheduled chain polls.
+    agent_bed.start(AIW_AGENT_POLL_SWEEP_INTERVAL=3600, AIW_AGENT_RUN_LOGS=False)
+    time.sleep(3)
+    assert _poll_messages(agent_bed) == 0  # nothing followed: no poll message at all
+    handle = submit_agent_run("Quiet when idle", repo_id=3)  # the creation wakes the chain
+    record = handle.wait(timeout=30)
+    assert (record.state, record.status) == (AgentRunState.FINISHED, "COMPLETE")
+    while_followed = _poll_messages(agent_bed)
+    assert while_followed >= 2  # the chain kept itself going until the end
+    time.sleep(4)
+    assert _poll_messages(agent_bed) - while_followed <= 1  # at most the tick in flight
+    # A run tracked from here (not created by a worker) wakes the chain too.
+    tracked = track_agent_run(agent_bed.codegen.add_run("tracked from outside"))
+    assert tracked.wait(timeout=30).status == "COMPLETE"
+
+
 def test_a_run_goes_pending_active_complete_with_callbacks_webhooks_and_artifacts(
     agent_bed: AgentBed,
 ) -> None:

@@ -216,7 +216,9 @@ class TcpProxy:
     """A loopback TCP proxy whose link can be cut (``down()``) and restored (``up()``).
 
     Used to make PostgreSQL "briefly unreachable" for a worker without stopping the
-    server every other test shares.
+    server every other test shares. ``stall()`` is the nastier fault: connections stay
+    open (new ones are accepted too) but no byte crosses, as in a network partition
+    behind a middlebox; ``up()`` ends it.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -228,6 +230,8 @@ class TcpProxy:
         self.port = self._listener.getsockname()[1]
         self._up = threading.Event()
         self._up.set()
+        self._stalled = threading.Event()
+        self._held: list[socket.socket] = []
         self._closed = False
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -242,6 +246,10 @@ class TcpProxy:
             if not self._up.is_set():
                 client.close()  # refuse while down
                 continue
+            if self._stalled.is_set():
+                with self._lock:
+                    self._held.append(client)  # accepted, never answered
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -254,6 +262,9 @@ class TcpProxy:
     def _pipe(self, a: socket.socket, b: socket.socket) -> None:
         try:
             while self._up.is_set():
+                if self._stalled.is_set():
+                    time.sleep(0.05)  # bytes wait in the kernel's buffers, unforwarded
+                    continue
                 ready, _, _ = select.select([a, b], [], [], 0.2)
                 for sock in ready:
                     data = sock.recv(65536)
@@ -278,7 +289,17 @@ class TcpProxy:
                     sock.close()
             self._conns.clear()
 
+    def stall(self) -> None:
+        """Keep every connection open, accept new ones, forward nothing."""
+        self._stalled.set()
+
     def up(self) -> None:
+        self._stalled.clear()
+        with self._lock:
+            held, self._held = self._held, []
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.close()
         self._up.set()
 
     def close(self) -> None:

@@ -54,6 +54,7 @@ from app.db.claims import Action, Outcome, claim_values, claimable, record_durab
 from app.db.heartbeat import hold
 from app.db.models import ArtifactRow
 from app.db.session import session_scope
+from app.jobs.agent_runs import wakeup
 from app.jobs.agent_runs.changes import ARTIFACT_PROMPT, Notices, mark_create_failed, observe
 from app.jobs.agent_runs.codegen import CodegenGateway, get_gateway
 from app.jobs.agent_runs.constants import MARKER_KEY
@@ -104,7 +105,9 @@ def create_run(
     if isinstance(claim, Outcome):
         return claim
     with hold(AgentRunRow, run_id, claim.token):
-        return _create(claim, settings)
+        outcome = _create(claim, settings)
+    wakeup.wake(settings)  # a run to follow now, or soon
+    return outcome
 
 
 def _create(claim: _Claim, settings: Settings) -> Outcome:
@@ -157,7 +160,9 @@ def resume_run(
     if isinstance(claim, Outcome):
         return claim
     with hold(AgentRunRow, run_id, claim.token):
-        return _resume(claim, settings)
+        outcome = _resume(claim, settings)
+    wakeup.wake(settings)
+    return outcome
 
 
 def _resume(claim: _Claim, settings: Settings) -> Outcome:

@@ -6,8 +6,10 @@ from __future__ import annotations
 TASK_CREATE = "aiw.agent_run.create"
 #: Send a pending follow-up prompt (queue ``agent_runs``).
 TASK_RESUME = "aiw.agent_run.resume"
-#: One poll round: beat starts one every ``AIW_AGENT_POLL_SWEEP_INTERVAL`` seconds;
-#: a round short of budget goes on in a message to itself (queue ``agent_runs``).
+#: One poll round: started by the tick the last round scheduled while runs are followed
+#: (``wakeup``), and by beat every ``AIW_AGENT_POLL_SWEEP_INTERVAL`` seconds as the
+#: safety net; a round short of budget goes on in a message to itself (queue
+#: ``agent_runs``).
 TASK_POLL = "aiw.agent_run.poll"
 
 #: The key of the unique marker ai-worker adds to a created run's Codegen metadata.

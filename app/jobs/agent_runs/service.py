@@ -54,6 +54,7 @@ from app.db.agent_run_models import AgentRunEventRow, AgentRunRow, AgentRunState
 from app.db.base import utcnow
 from app.db.models import ArtifactRow
 from app.db.session import session_scope
+from app.jobs.agent_runs import wakeup
 from app.jobs.agent_runs.changes import Notices, observe
 from app.jobs.agent_runs.codegen import get_gateway
 from app.jobs.agent_runs.constants import (
@@ -341,6 +342,7 @@ def track_agent_run(
     _check_options(None, None, webhook)
     existing = _follow_again(rid, settings)
     if existing is not None:
+        wakeup.wake(settings)
         return AgentRunHandle(existing)
     run = _fetch_for_tracking(rid, settings)
     now = utcnow()
@@ -373,6 +375,7 @@ def track_agent_run(
             raise
         return AgentRunHandle(existing)
     notices.send_callbacks()
+    wakeup.wake(settings)
     return AgentRunHandle(run_id)
 
 
