@@ -11,6 +11,11 @@ from kombu.exceptions import KombuError
 from app.core.publisher import PublishError
 from workers.celery_app import TASK_DELIVER_WEBHOOK, TASK_RUN_AI_REQUEST, celery_app, queues
 
+#: One more try on a fresh connection (a pooled one gone stale), then the caller's
+#: fallback: the row is safe and the sweep publishes it. Celery's default (3 more
+#: tries) would keep a submit waiting four socket timeouts on a silent broker.
+RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+
 
 class CeleryPublisher:
     """Publishes through one producer per thread, on its own broker connection.
@@ -31,7 +36,9 @@ class CeleryPublisher:
             producer = self.app.amqp.Producer(self.app.connection_for_write())
             self._local.producer = producer
         try:
-            self.app.send_task(name, args=args, countdown=countdown, producer=producer)
+            self.app.send_task(
+                name, args=args, countdown=countdown, producer=producer, retry_policy=RETRY
+            )
         except (KombuError, OSError):
             self._local.producer = None  # start over on a fresh connection next time
             producer.connection.collect()
