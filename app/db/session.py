@@ -9,8 +9,10 @@ Dialects:
   has a deadline: ``connect_timeout`` (``AIW_CONNECT_TIMEOUT``, the whole handshake),
   TCP keepalives and ``tcp_user_timeout`` (``AIW_READ_TIMEOUT``: a server whose
   packets go unanswered is given up), and, on the engines of ``get_engine`` and
-  ``get_hot_engine``, ``statement_timeout`` (``AIW_STATEMENT_TIMEOUT``; migrations
-  run without it).
+  ``get_hot_engine``, ``statement_timeout`` (``AIW_STATEMENT_TIMEOUT``; at most
+  ``HOT_STATEMENT_TIMEOUT`` on the hot path; migrations run without it) with a
+  client-side deadline past it (``app.db.deadline``): a server that keeps the
+  connection and never answers costs an error, not a hang.
 - **SQLite** embedded, when ``DATABASE_URL`` is unset:
   ``sqlite:///<AIW_DATA_DIR>/aiw.sqlite3``. Each connection gets WAL journal
   mode (readers do not block the writer), a ``busy_timeout`` (a writer waits
@@ -48,6 +50,10 @@ if TYPE_CHECKING:
 
 SQLITE_FILENAME = "aiw.sqlite3"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Seconds a statement of the hot path (one row's submit, claim or record) may take:
+#: far more than it needs, and a submit on a server gone silent fails within this plus
+#: ``AIW_READ_TIMEOUT``.
+HOT_STATEMENT_TIMEOUT = 10.0
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -81,7 +87,7 @@ def create_engine_for(
     url: str | URL,
     *,
     sqlite_foreign_keys: bool = True,
-    statement_timeout: bool = False,
+    statement_timeout: float | None = None,
     **kwargs: Any,
 ) -> Engine:
     """A new (uncached) engine with the per-dialect settings described above.
@@ -97,17 +103,28 @@ def create_engine_for(
         _configure_sqlite(engine, foreign_keys=sqlite_foreign_keys)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    if parsed.get_backend_name() == "postgresql":
-        given = kwargs.get("connect_args", {})
-        kwargs["connect_args"] = {**_pg_deadlines(statement_timeout), **given}
-    return create_engine(parsed, **kwargs)
-
-
-def _pg_deadlines(statement_timeout: bool) -> dict[str, Any]:
-    """libpq parameters that bound every wait on the server (see the module's doc)."""
+    if parsed.get_backend_name() != "postgresql":
+        return create_engine(parsed, **kwargs)
     from app.config import get_settings
+    from app.db.deadline import connector
 
     settings = get_settings()
+    given = kwargs.get("connect_args", {})
+    kwargs["connect_args"] = {**_pg_deadlines(statement_timeout, settings), **given}
+    engine = create_engine(parsed, **kwargs)
+    connect = connector(
+        statement_timeout + settings.aiw_read_timeout if statement_timeout else None
+    )
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
+        return connect(*cargs, **cparams)
+
+    return engine
+
+
+def _pg_deadlines(statement_timeout: float | None, settings: Settings) -> dict[str, Any]:
+    """libpq parameters that bound every wait on the server (see the module's doc)."""
     read_ms = int(settings.aiw_read_timeout * 1000)
     args: dict[str, Any] = {
         "connect_timeout": max(2, round(settings.aiw_connect_timeout)),  # libpq's minimum
@@ -117,8 +134,8 @@ def _pg_deadlines(statement_timeout: bool) -> dict[str, Any]:
         "keepalives_count": 3,
         "tcp_user_timeout": read_ms,
     }
-    if statement_timeout and settings.aiw_statement_timeout:
-        args["options"] = f"-c statement_timeout={int(settings.aiw_statement_timeout * 1000)}"
+    if statement_timeout:
+        args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
     return args
 
 
@@ -147,13 +164,21 @@ def _configure_sqlite(engine: Engine, *, foreign_keys: bool) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _settings() -> Settings:
+    from app.config import get_settings
+
+    return get_settings()
+
+
 def get_engine(url: str | None = None) -> Engine:
     """The process-wide engine for ``url`` (default: ``database_url()``), made once."""
     key = url or database_url()
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _engines[key] = create_engine_for(key, statement_timeout=True)
+            engine = _engines[key] = create_engine_for(
+                key, statement_timeout=_settings().aiw_statement_timeout or None
+            )
         return engine
 
 
@@ -169,7 +194,8 @@ def get_hot_engine(url: str | None = None) -> Engine:
         if engine is None:
             engine = _engines[key] = create_engine_for(
                 url or database_url(),
-                statement_timeout=True,
+                statement_timeout=min(_settings().aiw_statement_timeout, HOT_STATEMENT_TIMEOUT)
+                or None,
                 pool_pre_ping=False,
                 isolation_level="AUTOCOMMIT",
             )

@@ -6,6 +6,8 @@ outcome. The stall is a real TCP proxy in front of the real servers (``TcpProxy.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -110,3 +112,54 @@ def test_a_silent_database_is_one_line_and_writes_nothing(
     pg_proxy.up()
     assert _jobs_with(migrated_pg_url, prompt) == 0
     print(f"silent database: aiw submit answered in {took:.1f} s")
+
+
+_SUBMIT_TWICE = """
+import sys
+from app.jobs import submit
+submit("warm: the connection is in the pool now")
+print("ready", flush=True)
+sys.stdin.readline()  # the test stalls the link meanwhile
+try:
+    submit(sys.argv[1])
+except Exception as exc:
+    print("raised", type(exc).__name__, str(exc).splitlines()[0], flush=True)
+else:
+    print("returned", flush=True)
+"""
+
+
+def test_a_database_gone_silent_under_an_open_connection_fails_submit_not_hangs(
+    tmp_path: Path, migrated_pg_url: str, redis_db: int, proxies: tuple[TcpProxy, TcpProxy]
+) -> None:
+    pg_proxy, _ = proxies
+    prompt = f"silent under an open connection {uuid.uuid4()}"
+    env = clean_env(
+        AIW_DATA_DIR=tmp_path / "data",
+        DATABASE_URL=_through(migrated_pg_url, pg_proxy.port),
+        CELERY_BROKER_URL=f"redis://127.0.0.1:6379/{redis_db}",
+        OPENAI_API_KEY="sk-test-stalls",
+        AIW_STATEMENT_TIMEOUT="2",
+        **DEADLINES,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SUBMIT_TWICE, prompt],
+        env=env, cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "ready"
+        pg_proxy.stall()  # the pooled connection stays open; nothing comes back
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, _ = proc.communicate(timeout=HANG)
+    finally:
+        proc.kill()
+    assert out.startswith("raised OperationalError"), out
+    assert "no answer from PostgreSQL within" in out
+    # The partition ends with the link cut (what it held is lost): nothing was written.
+    # Had the held bytes reached the server after all, the job would be there whole
+    # (one statement): the README tells callers to retry with an idempotency_key.
+    pg_proxy.down()
+    pg_proxy.up()
+    assert _jobs_with(migrated_pg_url, prompt) == 0

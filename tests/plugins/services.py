@@ -266,12 +266,14 @@ class TcpProxy:
                     time.sleep(0.05)  # bytes wait in the kernel's buffers, unforwarded
                     continue
                 ready, _, _ = select.select([a, b], [], [], 0.2)
+                if self._stalled.is_set():
+                    continue  # stalled while waiting: what arrived stays unforwarded
                 for sock in ready:
                     data = sock.recv(65536)
                     if not data:
                         return
                     (b if sock is a else a).sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a socket closed by down()
             pass
         finally:
             for sock in (a, b):
