@@ -23,8 +23,15 @@ BUDGET_CODEGEN_CREATE = "codegen:create"
 
 
 def redis_url_for(settings: Settings) -> str | None:
-    """The Redis that coordinates workers: ``REDIS_URL``, else a ``redis://`` broker."""
+    """The Redis that coordinates workers: ``REDIS_URL``, else a ``redis://`` broker, else
+    (no ``CELERY_BROKER_URL``) the embedded broker's server, which speaks Redis too, while
+    it runs (``aiw up`` starts it before any worker; a script of its own with no server
+    running keeps its cooldowns in its process)."""
     if settings.redis_url:
         return settings.redis_url
     broker = settings.celery_broker_url or ""
+    if not broker:
+        from app.core.embedded_broker import running_redis_url
+
+        return running_redis_url(settings)
     return broker if broker.startswith(("redis://", "rediss://")) else None
