@@ -278,10 +278,15 @@ def submit(
         from app.config import get_settings
 
         reason = f" ({type(probe.error).__name__})" if probe and probe.error else ""
+        settings = get_settings()
+        back = (
+            "the broker is back"
+            if settings.celery_broker_url
+            else "`aiw up` runs (it runs the embedded broker)"
+        )
         click.echo(
-            f"aiw: warning: broker unreachable at {safe_url(broker_url(get_settings()))}{reason}; "
-            f"job {handle.id} is accepted and will be published by the sweep (beat) once the "
-            "broker is back",
+            f"aiw: warning: broker unreachable at {safe_url(broker_url(settings))}{reason}; "
+            f"job {handle.id} is accepted and will be published by the sweep (beat) once {back}",
             err=True,
         )
         if wait_s:

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.config import ConfigError
+
 if TYPE_CHECKING:
     from app.config import Settings
 
@@ -28,8 +30,9 @@ SOCKET_NAME = "valkey.sock"
 MAX_SOCKET_PATH = 100
 
 
-class UnsafeSocketDirectory(RuntimeError):
-    """The socket's directory is not this user's alone: refuse to use it."""
+class UnsafeSocketDirectory(ConfigError):
+    """The socket's directory is not this user's alone: refuse to use it (set
+    ``AIW_DATA_DIR`` to a shorter path, or remove that directory)."""
 
 
 def broker_dir(settings: Settings) -> Path:
@@ -60,7 +63,10 @@ def private_dir(path: Path) -> Path:
 def _check_ours(path: Path) -> os.stat_result:
     info = path.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise UnsafeSocketDirectory(f"{path} is not a directory of this user")
+        raise UnsafeSocketDirectory(
+            f"{path} is not a directory of this user: the embedded broker will not use it "
+            "(remove it, or set AIW_DATA_DIR elsewhere)"
+        )
     return info
 
 

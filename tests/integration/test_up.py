@@ -326,7 +326,6 @@ def test_up_embedded(
     keys = redis.Redis(unix_socket_path=str(socket)).keys("aiw:*")
     assert any(k.startswith(b"aiw:budget:codegen") for k in keys), keys
     interrupt_with_jobs_in_flight(aiw_up, up, openai, db_url)
-    assert not socket.exists()  # the broker stopped last, cleanly
 
 
 def test_up_on_redis_and_postgres(
