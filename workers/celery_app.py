@@ -35,14 +35,14 @@ def queues() -> list[Queue]:
 
 
 def broker_url(settings: Settings) -> str:
-    """``CELERY_BROKER_URL``, else an embedded broker that needs no server (SQLite).
+    """``CELERY_BROKER_URL``, else the embedded broker (a unix socket ``aiw up`` serves).
 
     The rule lives in ``app.topology`` so ``aiw up`` and the metrics exporter agree."""
     return topology.broker_url(settings)
 
 
 def transport_options(url: str, settings: Settings) -> dict[str, Any]:
-    if url.startswith(("redis://", "rediss://", "sentinel://")):
+    if url.startswith(("redis://", "rediss://", "sentinel://", "redis+socket://")):
         # Redis re-delivers a message not acknowledged within this time. It must be
         # longer than any countdown we schedule (AIW_MAX_COUNTDOWN; longer waits are
         # parked in the database) and than the longest task, or a task runs twice.
@@ -55,9 +55,6 @@ def transport_options(url: str, settings: Settings) -> dict[str, Any]:
             "socket_timeout": settings.aiw_read_timeout,
             "socket_keepalive": True,
         }
-    if url.startswith("sqla+sqlite"):
-        # kombu hands these to create_engine: wait for SQLite's lock, do not fail.
-        return {"connect_args": {"timeout": 30}}
     return {}
 
 

@@ -54,8 +54,8 @@ class CeleryPublisher:
                 queue.bind(channel).declare()
 
     def queue_depth(self, queue: str) -> int | None:
-        """Messages ready in ``queue`` (a passive declare: AMQP, Redis and the SQL
-        transport all answer it)."""
+        """Messages ready in ``queue`` (a passive declare: AMQP and Redis, the embedded
+        broker included, answer it)."""
         with self.app.connection_for_read() as conn:
             declared = conn.default_channel.queue_declare(queue=queue, passive=True)
         return int(declared.message_count)

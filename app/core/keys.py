@@ -23,10 +23,17 @@ BUDGET_CODEGEN_CREATE = "codegen:create"
 
 
 def redis_url_for(settings: Settings) -> str | None:
-    """The Redis that coordinates workers: ``REDIS_URL``, else a ``redis://`` broker."""
+    """The Redis that coordinates workers: ``REDIS_URL``, else a ``redis://`` broker, else
+    (no ``CELERY_BROKER_URL``) the embedded broker's server, which speaks Redis too, while
+    it runs (``aiw up`` starts it before any worker; a script of its own with no server
+    running keeps its cooldowns in its process)."""
     if settings.redis_url:
         return settings.redis_url
     broker = settings.celery_broker_url or ""
+    if not broker:
+        from app.core.embedded_broker import running_redis_url
+
+        return running_redis_url(settings)
     return broker if broker.startswith(("redis://", "rediss://")) else None
 
 
@@ -36,6 +43,8 @@ def redis_client(url: str, settings: Settings) -> Any:
     within seconds, never a hang."""
     import redis
 
+    if url.startswith("unix://"):  # a local socket: no TCP options (redis-py refuses them)
+        return redis.Redis.from_url(url, socket_timeout=settings.aiw_read_timeout)
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=settings.aiw_connect_timeout,

@@ -143,12 +143,14 @@ def test_submit_with_the_broker_down_accepts_the_job_and_says_so(home: Path) -> 
 
 
 def test_submit_reads_standard_input_and_cancel(home: Path) -> None:
-    # No broker configured: the embedded one takes the message (no worker runs here).
+    # No broker configured and no `aiw up` running: the job is accepted all the same.
     r = run_aiw(
         "submit", "--json", "--tag", "stdin",
         env=clean_env(AIW_DATA_DIR=home / "data"), cwd=home, stdin="a prompt from a pipe\n",
     )
     assert r.code == 0, r.err
+    socket = (home / "data" / "broker" / "valkey.sock").resolve()
+    assert r.err.startswith(f"aiw: warning: broker unreachable at redis+socket://{socket}")
     job = r.json()
     assert job["prompt"].strip() == "a prompt from a pipe"
     r = aiw(home, "cancel", job["id"], "--json")
@@ -218,9 +220,22 @@ def test_webhook_commands(home: Path, receiver: tuple[str, list[dict[str, Any]]]
 
 
 def test_check_and_migrate_check(home: Path) -> None:
+    # Embedded, with no `aiw up` running: the database is fine, the broker is not there.
     r = aiw(home, "check", "--json")
-    assert r.code == 0, r.err
-    assert r.json()["ok"] is True and r.json()["shape"] == "embedded"
+    assert r.code == 1
+    assert r.json()["shape"] == "embedded" and r.json()["database"]["ok"] is True
+    assert r.json()["broker"]["ok"] is False
+    assert "the embedded broker runs while `aiw up` runs" in r.err
     assert aiw(home, "migrate", "--check").code == 0
     r = aiw(home, "check", CELERY_BROKER_URL="redis://127.0.0.1:1/0")
     assert r.code == 1 and "broker unreachable" in r.err
+
+
+@pytest.mark.parametrize("command", [["worker"], ["worker", "--kind", "ai"], ["beat"]])
+def test_embedded_processes_on_their_own_need_the_broker_of_aiw_up(
+    home: Path, command: list[str]
+) -> None:
+    line = one_line_error(aiw(home, *command), code=1)
+    assert line.startswith("aiw: broker unreachable: redis+socket://"), line
+    assert line.endswith("the embedded broker runs while `aiw up` runs: start it, or set "
+                         "CELERY_BROKER_URL")  # fmt: skip

@@ -1,6 +1,6 @@
 """``aiw up`` as a user runs it: the real command line, real worker/beat/Flower/exporter
-processes, the fake OpenAI server over HTTP; SQLite files (embedded) or Redis and
-PostgreSQL (production).
+processes, the fake OpenAI server over HTTP; a SQLite file and the embedded broker (the
+valkey-server ``aiw up`` starts) or Redis and PostgreSQL (production).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import create_engine, func, select
 
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, UsageRow
@@ -190,6 +191,34 @@ def flower_checks(up: Up) -> None:
     assert up.aiw("jobs", "--tag", "flower-bad", "--json").json() == []
 
 
+def flower_sees_workers_and_tasks(up: Up) -> None:
+    """Broadcast and events reach Flower: a worker of each kind of work (the bulkheads)
+    and the tasks they ran, with their job ids."""
+
+    def sees_workers() -> bool:
+        status, body = http(up.flower_url + "/api/workers?refresh=1", auth=FLOWER_LOGIN)
+        kinds = {name.split("@")[0] for name in json.loads(body)} if status == 200 else set()
+        return kinds == {"ai", "webhooks", "agent-runs", "maintenance"}
+
+    wait_until(sees_workers, 30, "Flower to see a worker of each kind")
+    # Flower turns task events on in the workers it sees (every few seconds): a job run
+    # after that shows as a task. One more job per look until one does.
+    job_ids: list[str] = []
+
+    def sees_the_task() -> bool:
+        status, body = http(up.flower_url + "/api/tasks?taskname=aiw.ai_request.run",
+                            auth=FLOWER_LOGIN)  # fmt: skip
+        tasks = json.loads(body).values() if status == 200 else []
+        if any(j in t["args"] and t["state"] == "SUCCESS" for t in tasks for j in job_ids):
+            return True
+        r = up.aiw("submit", "seen by Flower", "--json")
+        assert r.code == 0, r.err
+        job_ids.append(r.json()["id"])
+        return False
+
+    wait_until(sees_the_task, 30, "Flower to list the job's task")
+
+
 def interrupt_with_jobs_in_flight(
     aiw_up: UpLauncher, up: Up, openai: FakeOpenAIServer, db_url: str
 ) -> None:
@@ -279,18 +308,23 @@ def test_up_embedded(
     up = aiw_up.start(env)
     out = up.output
     assert "mode      embedded" in out
-    assert "Flower shows no workers" in out  # the limits are said at start
+    socket = tmp_path / "data" / "broker" / "valkey.sock"
+    assert f"broker    redis+socket://{socket} (valkey-server " in out
+    assert "listens on a unix socket" in out  # the limits are said at start
     assert f"login {FLOWER_LOGIN.split(':')[0]}, FLOWER_BASIC_AUTH" in out
     assert FLOWER_LOGIN.split(":")[1] not in out  # never the password
     assert openai.api_key not in out
     db_url = f"sqlite:///{tmp_path / 'data' / 'aiw.sqlite3'}"
 
+    r = up.aiw("check", "--json")
+    assert r.code == 0 and r.json()["broker"] == {"url": f"redis+socket://{socket}", "ok": True}
     submit_and_follow(up, db_url)
     agent_run_flow(up)
     flower_checks(up)
-    # What the banner says: on the SQL transport Flower cannot see the worker.
-    status, body = http(up.flower_url + "/api/workers?refresh=1", auth=FLOWER_LOGIN)
-    assert status == 200 and json.loads(body) == {}
+    flower_sees_workers_and_tasks(up)
+    # The agent-run budget and the poll lease are shared through the embedded server.
+    keys = redis.Redis(unix_socket_path=str(socket)).keys("aiw:*")
+    assert any(k.startswith(b"aiw:budget:codegen") for k in keys), keys
     interrupt_with_jobs_in_flight(aiw_up, up, openai, db_url)
 
 
@@ -310,14 +344,7 @@ def test_up_on_redis_and_postgres(
 
     submit_and_follow(up, db_url)
     flower_checks(up)
-    # With Redis, Flower sees the workers through broadcast and events: one per kind of
-    # work (the bulkheads), each on its own queue.
-    def sees_workers() -> bool:
-        status, body = http(up.flower_url + "/api/workers?refresh=1", auth=FLOWER_LOGIN)
-        kinds = {name.split("@")[0] for name in json.loads(body)} if status == 200 else set()
-        return kinds == {"ai", "webhooks", "agent-runs", "maintenance"}
-
-    wait_until(sees_workers, 30, "Flower to see a worker of each kind")
+    flower_sees_workers_and_tasks(up)
     assert metric(up, "aiw_queue_depth") == 0
     interrupt_with_jobs_in_flight(aiw_up, up, openai, db_url)
 

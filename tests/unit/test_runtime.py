@@ -78,7 +78,7 @@ def test_flower_basic_auth_must_be_user_colon_password(value: str) -> None:
 def test_safe_url_hides_passwords() -> None:
     assert safe_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert safe_url("postgresql+psycopg://u:p@db/x") == "postgresql+psycopg://u:***@db/x"
-    assert safe_url("sqla+sqlite:////tmp/b.sqlite3") == "sqla+sqlite:////tmp/b.sqlite3"
+    assert safe_url("redis+socket:///tmp/d/valkey.sock") == "redis+socket:///tmp/d/valkey.sock"
 
 
 def test_is_loopback() -> None:
@@ -89,8 +89,11 @@ def test_is_loopback() -> None:
 def test_topology_shapes(tmp_path: Path) -> None:
     embedded = topology(load_settings(aiw_data_dir=tmp_path))
     assert embedded.shape == "embedded"
-    assert embedded.broker_url == f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
-    assert any("Flower shows no workers" in limit for limit in embedded.limits())
+    assert embedded.broker_url == f"redis+socket://{tmp_path / 'broker' / 'valkey.sock'}"
+    assert embedded.shared_redis  # the embedded broker's server, while aiw up runs it
+    limits = embedded.limits()
+    assert any("listens on a unix socket" in limit for limit in limits)
+    assert not any("Flower" in limit or "per worker process" in limit for limit in limits)
     production = topology(
         load_settings(
             aiw_data_dir=tmp_path,
@@ -105,11 +108,10 @@ def test_topology_shapes(tmp_path: Path) -> None:
 
 def test_command_lines(tmp_path: Path) -> None:
     settings = load_settings(aiw_data_dir=tmp_path)
-    worker = worker_argv(settings, embedded_broker=True, name="n@%h")
+    worker = worker_argv(settings, name="n@%h")
     assert worker[:5] == [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
     assert "ai_requests,agent_runs,webhooks,maintenance" in worker
-    assert "--without-gossip" in worker
-    assert "--without-gossip" not in worker_argv(settings, embedded_broker=False)
+    assert "--without-gossip" not in worker  # the embedded broker carries broadcast too
     assert str(tmp_path / "celerybeat-schedule") in beat_argv(settings, tmp_path)
     flower = flower_argv("127.0.0.1", 5555)
     assert "--address=127.0.0.1" in flower and not any("auth" in a for a in flower)
@@ -168,3 +170,53 @@ def test_signal_handlers_only_set_a_flag() -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _recorder(tag: str, record: Path, ready: Path, *, first: bool = False) -> list[str]:
+    """A child that prints '<tag> up' and writes its tag to ``record`` on SIGTERM. The
+    ``first`` one takes half a second to get ready and then creates ``ready``; the others
+    say 'too early' if they start before it exists."""
+    if first:
+        start = f"time.sleep(0.5); open({str(ready)!r}, 'w').close(); early = ''"
+    else:
+        start = f"early = '' if os.path.exists({str(ready)!r}) else ' too early'"
+    code = [
+        "import os, signal, sys, time",
+        start,
+        f"print('{tag} up' + early, flush=True)",
+        f"signal.signal(signal.SIGTERM, lambda *a: (open({str(record)!r}, 'a')"
+        f".write('{tag} '), sys.exit(0)))",
+        "time.sleep(60)",
+    ]
+    return [sys.executable, "-c", "; ".join(code)]
+
+
+def test_a_first_child_is_ready_before_the_others_start_and_stops_after_them(
+    tmp_path: Path,
+) -> None:
+    out = io.StringIO()
+    record, ready = tmp_path / "stopped", tmp_path / "broker-ready"
+    sup = Supervisor(out, grace=5, color=False)
+    sup.add("broker", _recorder("broker", record, ready, first=True), os.environ,
+            ready_marker="broker up", first=True)  # fmt: skip
+    sup.add("worker", _recorder("worker", record, ready), os.environ, ready_marker="worker up")
+    sup.add("beat", _recorder("beat", record, ready), os.environ)
+    sup.start()
+    deadline = time.monotonic() + 20
+    while out.getvalue().count(" up") < 3:
+        assert time.monotonic() < deadline, out.getvalue()
+        time.sleep(0.05)
+    threading.Timer(0.2, sup.request_stop).start()
+    assert sup.wait() == 0
+    assert "too early" not in out.getvalue()
+    assert record.read_text().split() == ["beat", "worker", "broker"]
+
+
+def test_a_first_child_that_dies_at_start_is_one_error() -> None:
+    sup = Supervisor(io.StringIO(), color=False)
+    sup.add("broker", [sys.executable, "-c", "raise SystemExit(1)"], os.environ,
+            ready_marker="never", first=True)
+    sup.add("worker", _sleeper("w"), os.environ)
+    with pytest.raises(RuntimeStartError, match="broker did not start"):
+        sup.start()
+    assert all(c.proc is None for c in sup.children if c.name == "worker")
