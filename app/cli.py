@@ -171,7 +171,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
     Start everything on this machine with `aiw up` (or `aiw up --sandbox` for fake
     providers and no keys), then `aiw submit "..." --wait 60`.
     """
-    ctx.obj = {"verbose": verbose}
+    ctx.obj = {"verbose": verbose, "sandbox": _adopt_sandbox(ctx.invoked_subcommand)}
     logging.basicConfig(
         level=logging.INFO if verbose else logging.ERROR,
         format="aiw: %(levelname)s %(name)s: %(message)s",
@@ -179,6 +179,24 @@ def main(ctx: click.Context, verbose: bool) -> None:
     from app.core.redact import install_log_redaction
 
     install_log_redaction()  # no secret in a log line (app.core.redact)
+
+
+def _adopt_sandbox(command: str | None) -> Any:
+    """While ``aiw up --sandbox`` runs in this directory, every other command uses its
+    settings (the fakes' URLs and keys): the second shell sees the first."""
+    if command in ("up", "sandbox"):
+        return None
+    from app.config import ConfigError, get_settings
+    from app.topology import read_sandbox_env
+
+    try:
+        running = read_sandbox_env(get_settings())
+    except (ConfigError, OSError):
+        return None  # the command reports a bad configuration itself
+    if running is not None:
+        os.environ.update(running.values)
+        get_settings.cache_clear()
+    return running
 
 
 # --- jobs --------------------------------------------------------------------------------
@@ -431,9 +449,16 @@ def providers(validate: bool, as_json: bool) -> None:
     from app.display import providers_table
 
     data = get_provider_comparison(validate=validate)
+    sandbox = click.get_current_context().find_root().obj.get("sandbox")
+    whose = (
+        f"the sandbox of `aiw up --sandbox` (pid {sandbox.pid}, {sandbox.path})"
+        if sandbox is not None
+        else "this shell's environment (and .env)"
+    )
     if as_json:
-        _print_json(data)
+        _print_json({**data, "environment": whose})
         return
+    click.echo(f"settings: {whose}")
     _console().print(providers_table(data))
 
 
@@ -903,11 +928,20 @@ def up(
 
     extra_env: dict[str, str] = {}
     servers: list[Any] = []
+    notes: list[str] = []
     if sandbox:
         servers, extra_env = _start_sandbox(0, 0)
         for key, value in extra_env.items():
             os.environ[key] = value
         get_settings.cache_clear()
+        from app.topology import write_sandbox_env
+
+        written = write_sandbox_env(get_settings(), extra_env)
+        notes = [
+            f"sandbox   fake OpenAI and Codegen at {', '.join(s.url for s in servers)}",
+            f"sandbox   settings in {written}: every aiw command of this directory uses "
+            "them while this runs",
+        ]
     settings = get_settings()
     options = UpOptions(
         flower=with_flower,
@@ -921,13 +955,15 @@ def up(
         grace=grace,
         concurrency=concurrency,
         extra_env=extra_env,
-        notes=[f"sandbox   fake OpenAI and Codegen at {', '.join(s.url for s in servers)}"]
-        if servers
-        else [],
+        notes=notes,
     )
     try:
         code = run_up(settings, options)
     finally:
+        if sandbox:
+            from app.topology import remove_sandbox_env
+
+            remove_sandbox_env(settings)
         for server in servers:
             server.stop()
     sys.exit(code)
@@ -1097,6 +1133,8 @@ def _start_sandbox(openai_port: int, codegen_port: int) -> tuple[list[Any], dict
         # (rounds come only while runs are followed; beat's tick stays the minute).
         "AIW_AGENT_POLL_INTERVAL": "1",
         "PREFER_CODEGEN": "false",
+        # A webhook receiver on this machine is what a sandbox tour has.
+        "AIW_WEBHOOK_ALLOW_PRIVATE": "true",
     }
     return [openai, codegen], env
 

@@ -175,3 +175,67 @@ def topology(settings: Settings) -> Topology:
         # The embedded broker's server is the shared Redis while it runs.
         shared_redis=not settings.celery_broker_url or redis_url_for(settings) is not None,
     )
+
+
+# --- the sandbox's settings, for every command of the directory ------------------------
+#: ``aiw up --sandbox`` writes the fakes' settings here (mode 0600) while it runs, so a
+#: second shell's ``aiw providers``, ``aiw agent track`` or ``aiw webhooks add`` talk
+#: to the same fakes as its workers. Removed when it stops; a file whose ``aiw up`` is
+#: gone (killed with -9) is ignored.
+SANDBOX_ENV_FILE = "sandbox.env"
+SANDBOX_PID = "AIW_SANDBOX_PID"
+
+
+@dataclass(frozen=True)
+class SandboxEnv:
+    pid: int
+    path: Path
+    values: dict[str, str]
+
+
+def sandbox_env_path(settings: Settings) -> Path:
+    return data_dir(settings) / SANDBOX_ENV_FILE
+
+
+def write_sandbox_env(settings: Settings, values: dict[str, str]) -> Path:
+    """Write the sandbox's settings for the other commands of this directory."""
+    import os
+
+    path = sandbox_env_path(settings)
+    tmp = path.with_suffix(".tmp")
+    lines = [f"{SANDBOX_PID}={os.getpid()}", *(f"{k}={v}" for k, v in sorted(values.items()))]
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def remove_sandbox_env(settings: Settings) -> None:
+    import contextlib
+    import os
+
+    running = read_sandbox_env(settings)
+    if running is not None and running.pid == os.getpid():
+        with contextlib.suppress(FileNotFoundError):
+            running.path.unlink()
+
+
+def read_sandbox_env(settings: Settings) -> SandboxEnv | None:
+    """The settings of the ``aiw up --sandbox`` running in this directory, if one is."""
+    import os
+
+    path = sandbox_env_path(settings)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    values = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    try:
+        pid = int(values.pop(SANDBOX_PID, ""))
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return None  # written by an `aiw up` that is gone
+    except PermissionError:
+        pass  # alive, another user's: the file's mode kept its content from us anyway
+    return SandboxEnv(pid, path, values)

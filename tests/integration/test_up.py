@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, func, select
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, UsageRow
 from app.sandbox.codegen_server import FakeCodegenServer
 from app.sandbox.openai_server import FakeOpenAIServer
+from app.sandbox.webhook_receiver import WebhookReceiver
 from tests.plugins.cli import (
     Up,
     UpLauncher,
@@ -30,6 +31,7 @@ from tests.plugins.cli import (
     descendants,
     http,
     process_groups_alive,
+    run_aiw,
 )
 
 pytestmark = pytest.mark.integration
@@ -361,3 +363,43 @@ def test_up_refuses_an_unreachable_broker_in_one_line(tmp_path: Path) -> None:
         "to 127.0.0.1:1. Connection refused.)"
     ]
     assert "Traceback" not in r.out + r.err
+
+
+def test_up_sandbox_is_seen_from_a_second_shell(aiw_up: UpLauncher, tmp_path: Path) -> None:
+    """The tour: `aiw up --sandbox` in one shell, the README's commands in another with
+    nothing configured: they use the sandbox's fakes, and `aiw providers` says so."""
+    env = clean_env(AIW_DATA_DIR=tmp_path / "data", FLOWER_BASIC_AUTH=FLOWER_LOGIN)
+    up = aiw_up.start(env, "--sandbox", "--no-flower", "--no-metrics")
+    settings_file = tmp_path / "data" / "sandbox.env"
+    assert f"settings in {settings_file}" in up.output
+    assert settings_file.stat().st_mode & 0o077 == 0
+
+    second_shell = dict(env)  # the same directory, none of the sandbox's variables
+    assert "OPENAI_BASE_URL" not in second_shell
+    r = run_aiw("providers", "--json", env=second_shell, cwd=tmp_path)
+    assert r.code == 0, r.err
+    report = r.json()
+    assert report["environment"].startswith("the sandbox of `aiw up --sandbox` (pid ")
+    r = run_aiw("providers", env=second_shell, cwd=tmp_path)
+    assert r.out.splitlines()[0].startswith("settings: the sandbox of `aiw up --sandbox`")
+
+    receiver = WebhookReceiver().start()
+    try:
+        r = run_aiw("webhooks", "add", receiver.url, "--event", "ai_request.*", "--json",
+                    env=second_shell, cwd=tmp_path)  # fmt: skip
+        assert r.code == 0, r.err  # a receiver on this machine: the sandbox allows it
+        receiver.secret = r.json()["secret"]
+        r = run_aiw("submit", "from the second shell", "--wait", "60", "--json",
+                    env=second_shell, cwd=tmp_path)  # fmt: skip
+        assert r.code == 0, r.err
+        job = r.json()
+        assert job["status"] == "succeeded" and job["provider"] == "openai"
+        (hook,) = receiver.wait_for(1, timeout=30)
+        assert hook.event_type == "ai_request.succeeded"
+    finally:
+        receiver.stop()
+
+    assert up.interrupt() == 0
+    assert not settings_file.exists()  # gone with the sandbox: the next shell is its own
+    r = run_aiw("providers", "--json", env=second_shell, cwd=tmp_path)
+    assert r.json()["environment"] == "this shell's environment (and .env)"
