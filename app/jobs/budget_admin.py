@@ -173,12 +173,25 @@ def delete_budget(*, per: str = "day", tag: str | None = None) -> bool:
 
 def budgets() -> list[Budget]:
     """Every budget with its spend, reservations and cap in its current window."""
-    now = utcnow()
     with session_scope() as session:
-        rows = session.scalars(
-            select(BudgetRow).order_by(func.coalesce(BudgetRow.tag, ""), BudgetRow.period)
-        ).all()
-        return [_view(row, now) for row in rows]
+        return read_all(session)
 
 
-__all__ = ["MAX_CAP_USD", "Budget", "budget_name", "budgets", "delete_budget", "set_budget"]
+def read_all(session: Session) -> list[Budget]:
+    """``budgets()`` in ``session`` (the metrics exporter's)."""
+    now = utcnow()
+    rows = session.scalars(
+        select(BudgetRow).order_by(func.coalesce(BudgetRow.tag, ""), BudgetRow.period)
+    ).all()
+    return [_view(row, now) for row in rows]
+
+
+__all__ = [
+    "MAX_CAP_USD",
+    "Budget",
+    "budget_name",
+    "budgets",
+    "delete_budget",
+    "read_all",
+    "set_budget",
+]

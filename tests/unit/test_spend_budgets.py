@@ -7,6 +7,7 @@ Many workers at once on PostgreSQL: tests/integration/test_budgets.py.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -277,3 +278,48 @@ def test_threshold_and_exceeded_webhooks_once_per_window(
     payload = dict(events)["budget.exceeded"]
     assert payload["budget"] == "global/day" and payload["job_id"]
     assert payload["cap_usd"] == pytest.approx(one_estimate() * 1.1)
+
+
+def test_metrics_export_each_budget(bed: FakeOpenAIServer) -> None:
+    from prometheus_client import generate_latest
+
+    from app.metrics import registry
+
+    set_budget(50, tag="team-a")
+    run_job(submit(PROMPT, max_tokens=MAX_TOKENS, tags=["team-a"]).id)
+    text = generate_latest(registry(get_settings())).decode()
+    assert 'aiw_budget_cap_usd{budget="tag:team-a/day"} 50.0' in text
+    spent = next(line for line in text.splitlines() if line.startswith("aiw_budget_spent_usd{"))
+    assert float(spent.split()[-1]) == pytest.approx(spent_by_usage()) and spent_by_usage() > 0
+    assert 'aiw_budget_reserved_usd{budget="tag:team-a/day"} 0.0' in text
+
+
+def test_the_command_line(bed: FakeOpenAIServer) -> None:
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    runner = CliRunner()
+    made = runner.invoke(main, ["budgets", "set", "--tag", "team-a", "--usd", "50"])
+    assert made.exit_code == 0, made.output
+    assert "budget tag:team-a/day: 50.0000 USD per day (UTC), policy wait" in made.output
+    assert "no job carries the tag 'team-a' yet" in made.output
+    for args, words in [
+        (["--tag", "team-a", "--usd", "-1"], "more than 0"),
+        (["--tag", "team-a", "--usd", "5", "--per", "year"], "unknown budget period 'year'"),
+        (["--tag", "team-a", "--usd", "5", "--policy", "skip"], "unknown budget policy"),
+    ]:
+        refused = runner.invoke(main, ["budgets", "set", *args])
+        assert refused.exit_code == 1 and words in refused.output, refused.output
+        assert refused.output.count("\n") == 1
+    unnamed = runner.invoke(main, ["budgets", "set", "--usd", "5"])
+    assert unnamed.exit_code == 2 and "--global" in unnamed.output
+    listed = runner.invoke(main, ["budgets"])
+    assert listed.exit_code == 0 and "tag:team-a/day" in listed.output
+    assert "50.0000" in listed.output
+    as_json = runner.invoke(main, ["budgets", "--json"])
+    (entry,) = json.loads(as_json.output)
+    assert entry["cap_usd"] == 50 and entry["spent_usd"] == 0
+    assert runner.invoke(main, ["budgets", "delete", "--tag", "team-a"]).exit_code == 0
+    again = runner.invoke(main, ["budgets", "delete", "--tag", "team-a"])
+    assert again.exit_code == 1 and "no budget tag:team-a/day" in again.output
