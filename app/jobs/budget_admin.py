@@ -8,18 +8,18 @@ is written; a tag no job carries yet is allowed, and said (``Budget.note``).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from app.core.errors import InvalidBudgetError
 from app.db.base import utcnow
 from app.db.budget_models import BudgetPeriod, BudgetPolicy, BudgetRow
-from app.db.models import AIRequestRow
 from app.db.session import session_scope
 from app.jobs import spend
 
@@ -94,16 +94,13 @@ def _check(
 def _tag_in_use(session: Session, tag: str) -> bool:
     """Does any job carry ``tag``? (tags are a JSON list)."""
     if session.get_bind().dialect.name == "postgresql":
-        query = select(exists().where(AIRequestRow.tags.contains([tag])))
-        return bool(session.scalar(query))
-    found = session.execute(
-        text(
-            "SELECT EXISTS (SELECT 1 FROM ai_requests, json_each(ai_requests.tags) "
-            "WHERE json_each.value = :tag)"
-        ),
-        {"tag": tag},
-    ).scalar()
-    return bool(found)
+        sql = "SELECT EXISTS (SELECT 1 FROM ai_requests WHERE tags @> CAST(:tags AS jsonb))"
+        return bool(session.execute(text(sql), {"tags": json.dumps([tag])}).scalar())
+    sql = (
+        "SELECT EXISTS (SELECT 1 FROM ai_requests, json_each(ai_requests.tags) "
+        "WHERE json_each.value = :tag)"
+    )
+    return bool(session.execute(text(sql), {"tag": tag}).scalar())
 
 
 def _view(row: BudgetRow, now: datetime, note: str | None = None) -> Budget:
