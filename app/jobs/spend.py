@@ -345,13 +345,14 @@ def _notify_once(
     emit(session, event, payload)
 
 
-def settle_orphans(settings: Settings, *, grace: float = 60.0) -> int:
-    """Settle the reservations no worker will: their attempt ended without settling
-    (``lost``: the estimate, possibly billed; an answer: its usage's cost; else 0), or
-    is older than any task may run. Returns how many attempts were settled."""
+def settle_orphans(settings: Settings) -> int:
+    """Settle the reservations no worker will: their attempt ended more than a lease ago
+    without settling (``lost``: the estimate, possibly billed; an answer: its usage's
+    cost; else 0), or is older than any task may run. Returns how many were settled."""
     if not _caps(settings):
         return 0
     now = utcnow()
+    grace = settings.aiw_lease  # the worker settles right after its record: long before
     R, A, U = BudgetReservationRow, AttemptRow, UsageRow
     too_old = now - timedelta(seconds=settings.aiw_task_time_limit + 2 * settings.aiw_lease)
     with session_scope() as session:

@@ -141,3 +141,35 @@ def test_a_daily_cap_holds_across_worker_processes(queue_bed: QueueBed) -> None:
             )
         )
     assert set(errors) == {"BudgetExceededError"}, errors
+
+
+def test_a_dead_workers_reservations_are_settled_as_possibly_billed(
+    queue_bed: QueueBed,
+) -> None:
+    fake = queue_bed.openai
+    fake.latency = 3.0
+    queue_bed.configure(AIW_LEASE=3, AIW_HEARTBEAT_INTERVAL=1)
+    estimate = spend.estimate(
+        AIRequest(prompt=PROMPT, max_tokens=MAX_TOKENS), "gpt-4o-mini", get_settings()
+    )
+    assert estimate is not None
+    set_budget(1, tag="team-a")
+    doomed = queue_bed.worker(concurrency=4)
+    ids = [submit(PROMPT, max_tokens=MAX_TOKENS, tags=["team-a"]).id for _ in range(4)]
+    deadline = time.monotonic() + 20
+    while len(fake.chat_requests()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert budgets()[0].reserved_usd == pytest.approx(4 * estimate)
+    doomed.kill9()  # four calls in flight, four reservations held
+    fake.latency = 0.0
+    queue_bed.worker(concurrency=4)
+    queue_bed.beat()
+    tomorrow = budgets()[0].window_end
+    statuses = settled(ids, tomorrow, timeout=45)
+    assert set(statuses.values()) == {JobStatus.SUCCEEDED}
+    lost = sum(a.outcome == AttemptOutcome.LOST for a in attempts_of(ids))
+    assert lost == 4
+    (budget,) = budgets()
+    # The lost calls count their estimate (possibly billed), the answers their cost.
+    assert budget.reserved_usd == 0
+    assert budget.spent_usd == pytest.approx(spent_by(ids) + lost * estimate)
