@@ -14,7 +14,9 @@ while the provider thinks (the claim machine is ``app.db.claims``):
    finishes it when the run ends.
 3. **Call** any other provider once (``generate_once``; the retry loop of this path is
    the broker's), while the heartbeat keeps the claim's lease alive. A provider in a
-   shared cooldown is not called: the job is deferred until the cooldown ends.
+   shared cooldown is not called: the job is deferred until the cooldown ends. A spend
+   budget holds the call's estimate before it and its real cost after it
+   (``app.jobs.spend``); one that cannot admit it defers the job or fails it.
 4. **Record**, fenced by the claim token (``app.jobs.records``), durably: an answer
    in hand is recorded when the database is back, never asked again.
 
