@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         " all; only then does a 429 fail it (or hand it to the next provider)",
     )
     aiw_pricing_file: Path | None = None
+    aiw_budget_answer_tokens: int = Field(
+        1000,
+        gt=0,
+        le=1_000_000,
+        description="answer tokens a spend budget reserves for a job without max_tokens",
+    )
 
     # --- Jobs and workers -----------------------------------------------------------
     aiw_max_countdown: float = Field(

@@ -45,6 +45,7 @@ from sqlalchemy import case, func, inspect, select, text
 from app.core.embedded_broker import client_url
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus, UsageRow
 from app.db.session import session_scope
+from app.jobs.budget_admin import read_all
 from app.topology import QUEUES, broker_url, is_redis_url
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ class Snapshot:
     agent_runs_by_state: dict[str, int] = field(default_factory=dict)
     webhook_deliveries: dict[str, int] | None = None  # by status
     webhook_attempts: dict[str, int] | None = None  # HTTP tries by outcome (2xx, 4xx, error...)
+    budgets: dict[str, tuple[float, float, float]] | None = None  # name: spent, reserved, cap
     queue_depth: dict[str, int] = field(default_factory=dict)
     broker_unacked: int | None = None
 
@@ -182,6 +184,8 @@ def _read_optional_tables(s: Any, snapshot: Snapshot) -> None:
             )
         )
         snapshot.webhook_attempts = {str(outcome): int(n) for outcome, n in rows}
+    if "budgets" in tables:
+        snapshot.budgets = {b.name: (b.spent_usd, b.reserved_usd, b.cap_usd) for b in read_all(s)}
 
 
 def read_broker(snapshot: Snapshot, settings: Settings) -> None:
@@ -374,6 +378,8 @@ class AIWorkerCollector(Collector):
             for status, n in sorted(snap.webhook_deliveries.items()):
                 deliveries.add_metric([status], n)
             yield deliveries
+        if snap.budgets is not None:
+            yield from _budget_gauges(snap.budgets)
         if snap.webhook_attempts is not None:
             tries = CounterMetricFamily(
                 "aiw_webhook_attempts",
@@ -383,6 +389,20 @@ class AIWorkerCollector(Collector):
             for outcome, n in sorted(snap.webhook_attempts.items()):
                 tries.add_metric([outcome], n)
             yield tries
+
+
+def _budget_gauges(budgets: dict[str, tuple[float, float, float]]) -> Iterator[Metric]:
+    """Each spend budget in its current window (one that has passed counts as empty)."""
+    help_texts = (
+        ("aiw_budget_spent_usd", "Spend budget: USD spent in its current window (UTC)"),
+        ("aiw_budget_reserved_usd", "Spend budget: USD held by calls in flight"),
+        ("aiw_budget_cap_usd", "Spend budget: its cap, USD per window"),
+    )
+    for i, (name, help_text) in enumerate(help_texts):
+        gauge = GaugeMetricFamily(name, help_text, labels=["budget"])
+        for budget, values in sorted(budgets.items()):
+            gauge.add_metric([budget], values[i])
+        yield gauge
 
 
 def registry(settings: Settings) -> CollectorRegistry:

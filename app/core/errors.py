@@ -25,7 +25,8 @@ whether a provider chain may move on to its next provider (``fallback``).
     │   ├── ProviderServerError            5xx
     │   ├── ProviderResponseError          a 2xx whose body is not what the API documents
     │   │   └── AnswerTooLargeError        ... or is larger than AIW_MAX_ANSWER_BYTES (not retried)
-    │   └── AgentRunFailedError            a Codegen run ended FAILED/ERROR/CANCELLED/...
+    │   ├── AgentRunFailedError            a Codegen run ended FAILED/ERROR/CANCELLED/...
+    │   └── BudgetExceededError            not called: a spend budget (``fail`` policy) is spent
     ├── JobError                           following a job or a tracked run (not calling)
     │   ├── JobNotFoundError               no such job
     │   │   └── AgentRunNotFoundError      no such tracked run
@@ -34,8 +35,9 @@ whether a provider chain may move on to its next provider (``fallback``).
     │   ├── JobNotFinishedError            ``result()`` of a job still going
     │   ├── JobFailedError                 the job ended without an answer
     │   ├── AgentRunStateError             not allowed in the run's state
-    │   └── CodegenBudgetExhaustedError    no Codegen request possible within the wait
-    │       └── CodegenBudgetTimeoutError  ... in a blocking call (a provider error too)
+    │   ├── CodegenBudgetExhaustedError    no Codegen request possible within the wait
+    │   │   └── CodegenBudgetTimeoutError  ... in a blocking call (a provider error too)
+    │   └── InvalidBudgetError             a spend budget's cap, period, policy or tag is refused
     └── PublishError                       the queue did not take a message (the sweep will)
 """
 
@@ -220,6 +222,16 @@ class AgentRunFailedError(AIProviderError):
         self.run_status = run_status
 
 
+class BudgetExceededError(AIProviderError):
+    """A spend budget keeps the call out: its cap is spent (``fail`` policy), or the
+    call could never fit it (``app.jobs.spend``).
+
+    Not retried, and no fallback: every provider would spend the same budget.
+    """
+
+    fallback = False
+
+
 # --- following jobs and runs ----------------------------------------------------------
 
 
@@ -317,6 +329,10 @@ class CodegenBudgetTimeoutError(CodegenBudgetExhaustedError, ProviderUnavailable
         CodegenBudgetExhaustedError.__init__(self, message, wait=wait)
         self.provider_name = "codegen"
         self.retry_after = wait
+
+
+class InvalidBudgetError(JobError, ValueError):
+    """A spend budget asked for with a bad cap, period, policy or tag; nothing written."""
 
 
 class PublishError(AIWorkerError, RuntimeError):

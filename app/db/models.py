@@ -291,4 +291,5 @@ __all__ = [
 ]
 
 from app.db import agent_run_models as _agent_run_models  # noqa: E402,F401  (agent run tables)
+from app.db import budget_models as _budget_models  # noqa: E402,F401  (spend budgets)
 from app.db import webhook_models as _webhook_models  # noqa: E402,F401  (webhook tables)

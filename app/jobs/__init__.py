@@ -15,7 +15,9 @@ if TYPE_CHECKING:
         AgentRunNotFoundError,
         AgentRunStateError,
         AgentRunTimeoutError,
+        BudgetExceededError,
         CodegenBudgetExhaustedError,
+        InvalidBudgetError,
         JobError,
         JobFailedError,
         JobNotFinishedError,
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
         submit_agent_run,
         track_agent_run,
     )
+    from app.jobs.budget_admin import Budget, budgets, delete_budget, set_budget
     from app.jobs.service import (
         Attempt,
         Job,
@@ -51,7 +54,8 @@ _WHERE = {
     **dict.fromkeys(
         (
             "AgentRunNotFoundError", "AgentRunStateError", "AgentRunTimeoutError",
-            "CodegenBudgetExhaustedError", "JobError", "JobFailedError", "JobNotFinishedError",
+            "BudgetExceededError", "CodegenBudgetExhaustedError", "InvalidBudgetError",
+            "JobError", "JobFailedError", "JobNotFinishedError",
             "JobNotFoundError", "JobTimeoutError", "UnknownRemoteRunError",
         ),
         "app.core.errors",
@@ -70,6 +74,7 @@ _WHERE = {
          "submit"),
         "app.jobs.service",
     ),
+    **dict.fromkeys(("Budget", "budgets", "delete_budget", "set_budget"), "app.jobs.budget_admin"),
     "usage_stats": "app.jobs.stats",
 }  # fmt: skip
 
@@ -83,7 +88,10 @@ __all__ = [
     "AgentRunStateError",
     "AgentRunTimeoutError",
     "Attempt",
+    "Budget",
+    "BudgetExceededError",
     "CodegenBudgetExhaustedError",
+    "InvalidBudgetError",
     "Job",
     "JobError",
     "JobFailedError",
@@ -92,13 +100,16 @@ __all__ = [
     "JobNotFoundError",
     "JobTimeoutError",
     "UnknownRemoteRunError",
+    "budgets",
     "cancel",
+    "delete_budget",
     "get_agent_run",
     "get_attempts",
     "get_job",
     "list_agent_runs",
     "list_jobs",
     "resume_agent_run",
+    "set_budget",
     "submit",
     "submit_agent_run",
     "track_agent_run",

@@ -14,7 +14,9 @@ while the provider thinks (the claim machine is ``app.db.claims``):
    finishes it when the run ends.
 3. **Call** any other provider once (``generate_once``; the retry loop of this path is
    the broker's), while the heartbeat keeps the claim's lease alive. A provider in a
-   shared cooldown is not called: the job is deferred until the cooldown ends.
+   shared cooldown is not called: the job is deferred until the cooldown ends. A spend
+   budget holds the call's estimate before it and its real cost after it
+   (``app.jobs.spend``); one that cannot admit it defers the job or fails it.
 4. **Record**, fenced by the claim token (``app.jobs.records``), durably: an answer
    in hand is recorded when the database is back, never asked again.
 
@@ -45,7 +47,7 @@ from app.db.claims import Outcome, claim_values, claimable, fenced, lease_until,
 from app.db.heartbeat import hold
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
 from app.db.session import database_url, get_hot_engine, session_scope
-from app.jobs import hotpath, records, remote
+from app.jobs import hotpath, records, remote, spend
 from app.jobs.records import Try
 from app.webhooks.events import emit_ai_request_finished, publish_deliveries
 
@@ -157,7 +159,15 @@ def _call(claim: _Claim, settings: Settings) -> Outcome:
                 lambda: _record(claim, provider, 0.0, None, cooling, settings),
                 what=f"job {tried.job_id}",
             )
-        return _defer(claim, waiting, settings)
+        detail = (
+            f"not called: {tried.provider} cools down for {waiting:.2f} s "
+            "(a 429 shared by every worker)"
+        )
+        return _defer(claim, waiting, settings, detail, f"{tried.provider} cooling down")
+    model = claim.request.model or provider.default_model or ""
+    held = spend.reserve(tried, claim.request, model, list(claim.row["tags"] or []), settings)
+    if held.refusal is not None:
+        return _over_budget(claim, provider, held.refusal, settings)
 
     t0 = time.perf_counter()
     response: AIResponse | None = None
@@ -177,7 +187,22 @@ def _call(claim: _Claim, settings: Settings) -> Outcome:
     def record() -> Outcome:
         return _record(claim, provider, latency, response, error, settings)
 
-    return record_durably(record, what=f"job {tried.job_id}")
+    outcome = record_durably(record, what=f"job {tried.job_id}")
+    spend.settle(held, response, error)
+    return outcome
+
+
+def _over_budget(
+    claim: _Claim, provider: AIProvider, refusal: spend.Refusal, settings: Settings
+) -> Outcome:
+    """A spend budget keeps the call out: the job fails, or waits (``app.jobs.spend``)."""
+    if refusal.error is not None:
+        error = refusal.error
+        return record_durably(
+            lambda: _record(claim, provider, 0.0, None, error, settings),
+            what=f"job {claim.tried.job_id}",
+        )
+    return _defer(claim, refusal.wait, settings, refusal.detail, refusal.reason)
 
 
 def _claimed_now(now: datetime, token: str) -> Any:
@@ -426,8 +451,9 @@ def _start_cooldown(name: str, seconds: float, settings: Settings) -> None:
         log.warning("cooldown store unreachable (%s); cooldown not shared", type(exc).__name__)
 
 
-def _defer(claim: _Claim, waiting: float, settings: Settings) -> Outcome:
-    """The provider is cooling down: give the claim back without calling it."""
+def _defer(claim: _Claim, waiting: float, settings: Settings, detail: str, reason: str) -> Outcome:
+    """Give the claim back without calling (a cooldown, a spent budget): the job waits
+    ``waiting`` seconds; the attempt is ``deferred`` with ``detail``."""
     now = utcnow()
     tried = claim.tried
     delay = waiting + random.uniform(0, min(1.0, waiting * 0.1))  # spread the herd
@@ -448,8 +474,7 @@ def _defer(claim: _Claim, waiting: float, settings: Settings) -> Outcome:
                     "outcome": AttemptOutcome.DEFERRED,
                     "finished_at": now,
                     "latency_s": 0.0,
-                    "detail": f"not called: {tried.provider} cools down for {waiting:.2f} s "
-                    "(a 429 shared by every worker)",
+                    "detail": detail,
                 },
             )
             if not getattr(changed, "rowcount", 0):
@@ -459,7 +484,7 @@ def _defer(claim: _Claim, waiting: float, settings: Settings) -> Outcome:
             action,
             JobStatus.WAITING,
             countdown=countdown,
-            reason=f"{tried.provider} cooling down",
+            reason=reason,
         )
 
     return record_durably(record, what=f"job {tried.job_id}")

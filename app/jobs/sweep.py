@@ -10,6 +10,8 @@ Run periodically (Celery beat). It publishes again:
 - jobs ``running`` whose lease ran out (the worker died, stopped renewing it, or
   handed it back while stopping).
 
+It also settles the spend-budget reservations a dead worker left (``app.jobs.spend``).
+
 The condition is the claim machine's (``app.db.claims.needs_message``), shared with
 the webhook delivery sweep and the agent-run creations. Jobs ``awaiting_run`` have no
 message to lose: their tracked agent run finishes them.
@@ -33,6 +35,7 @@ from app.db.base import utcnow
 from app.db.claims import needs_message
 from app.db.models import AIRequestRow, JobStatus
 from app.db.outbox import take_for_publishing
+from app.jobs import spend
 from app.jobs.service import publish
 
 if TYPE_CHECKING:
@@ -68,4 +71,5 @@ def sweep(settings: Settings | None = None, batch: int = 500, max_batches: int =
             break
     if published:
         log.info("sweep published %d job(s) again", published)
+    spend.settle_orphans(settings)  # budget reservations a dead worker left behind
     return published

@@ -53,6 +53,8 @@ EVENT_TYPES: Mapping[str, str] = MappingProxyType(
         "agent_run.completed": "a Codegen agent run completed",
         "agent_run.failed": "a Codegen agent run failed, was cancelled or timed out",
         "agent_run.stuck": "a Codegen agent run did not end by its deadline (no longer polled)",
+        "budget.threshold": "a spend budget passed 80% of its cap (once per window)",
+        "budget.exceeded": "a spend budget kept a job out: its cap is spent (once per window)",
         "webhook.test": "a test event sent by hand (send_test_event)",
     }
 )

@@ -15,7 +15,7 @@ from app.db.session import create_engine_for
 TABLES = {
     "ai_requests", "ai_attempts", "ai_usage", "artifacts",
     "webhook_endpoints", "webhook_events", "webhook_deliveries", "webhook_attempts",
-    "agent_runs", "agent_run_events",
+    "agent_runs", "agent_run_events", "budgets", "budget_reservations",
 }  # fmt: skip
 
 COLUMNS = {
@@ -69,6 +69,13 @@ COLUMNS = {
     "agent_run_events": {
         "id", "agent_run_id", "kind", "old_status", "new_status", "detail", "created_at",
     },
+    "budgets": {
+        "id", "name", "tag", "period", "policy", "cap_usd", "window_start", "spent_usd",
+        "reserved_usd", "threshold_window", "exceeded_window", "created_at", "updated_at",
+    },
+    "budget_reservations": {
+        "attempt_id", "budget_id", "request_id", "window_start", "amount_usd", "created_at",
+    },
 }  # fmt: skip
 
 INDEXES = {
@@ -104,6 +111,8 @@ INDEXES = {
         ("ix_agent_runs_ai_request_id", ("ai_request_id",)),
     },
     "agent_run_events": {("ix_agent_run_events_agent_run_id_id", ("agent_run_id", "id"))},
+    "budgets": set(),
+    "budget_reservations": {("ix_budget_reservations_request_id", ("request_id",))},
 }
 
 UNIQUES = {
@@ -119,6 +128,8 @@ UNIQUES = {
     "webhook_attempts": {("uq_webhook_attempts_delivery_id_number", ("delivery_id", "number"))},
     "agent_runs": {("uq_agent_runs_remote_id", ("remote_id",))},
     "agent_run_events": set(),
+    "budgets": {("uq_budgets_name", ("name",))},
+    "budget_reservations": set(),
 }
 
 FOREIGN_KEYS = {
@@ -138,6 +149,10 @@ FOREIGN_KEYS = {
     "webhook_attempts": {("delivery_id", "webhook_deliveries", "CASCADE")},
     "agent_runs": {("ai_request_id", "ai_requests", "SET NULL")},
     "agent_run_events": {("agent_run_id", "agent_runs", "CASCADE")},
+    "budget_reservations": {
+        ("attempt_id", "ai_attempts", "CASCADE"),
+        ("budget_id", "budgets", "CASCADE"),
+    },
 }
 
 
@@ -179,6 +194,8 @@ def _check_schema(url: str) -> None:
         assert "ck_agent_runs_state" in checks
         checks = {c["name"] for c in insp.get_check_constraints("agent_run_events")}
         assert "ck_agent_run_events_kind" in checks
+        checks = {c["name"] for c in insp.get_check_constraints("budgets")}
+        assert checks >= {"ck_budgets_period", "ck_budgets_policy", "ck_budgets_cap_positive"}
         # The schema and the models agree: autogenerate finds nothing to do.
         with engine.connect() as conn:
             context = MigrationContext.configure(
