@@ -393,7 +393,7 @@ def test_up_sandbox_is_seen_from_a_second_shell(aiw_up: UpLauncher, tmp_path: Pa
                     env=second_shell, cwd=tmp_path)  # fmt: skip
         assert r.code == 0, r.err
         job = r.json()
-        assert job["status"] == "succeeded" and job["provider"] == "openai"
+        assert job["status"] == "succeeded" and job["provider_used"] == "openai"
         (hook,) = receiver.wait_for(1, timeout=30)
         assert hook.event_type == "ai_request.succeeded"
     finally:
