@@ -8,8 +8,16 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import KombuError
 
+from app.core.priorities import HIGH, LOW, NORMAL
 from app.core.publisher import PublishError
 from workers.celery_app import TASK_DELIVER_WEBHOOK, TASK_RUN_AI_REQUEST, celery_app, queues
+
+#: A job's priority as a Celery message priority. Redis (kombu's transport) keeps one
+#: list per priority step of a queue (steps 0, 3, 6, 9), and a worker's BRPOP names
+#: the lists of step 0 first: lower is sooner. A message without a priority is step 0,
+#: so the other queues' tasks (webhooks, polls, the sweep) and messages published
+#: before priorities existed are never held behind a backlog of AI jobs.
+REDIS_PRIORITY = {HIGH: 0, NORMAL: 3, LOW: 6}
 
 
 class CeleryPublisher:
@@ -25,13 +33,21 @@ class CeleryPublisher:
         self.app = app or celery_app
         self._local = threading.local()
 
-    def _send(self, name: str, args: list[Any], countdown: float | None = None) -> None:
+    def _send(
+        self,
+        name: str,
+        args: list[Any],
+        countdown: float | None = None,
+        priority: int | None = None,
+    ) -> None:
         producer = getattr(self._local, "producer", None)
         if producer is None:
             producer = self.app.amqp.Producer(self.app.connection_for_write())
             self._local.producer = producer
         try:
-            self.app.send_task(name, args=args, countdown=countdown, producer=producer)
+            self.app.send_task(
+                name, args=args, countdown=countdown, producer=producer, priority=priority
+            )
         except (KombuError, OSError):
             self._local.producer = None  # start over on a fresh connection next time
             producer.connection.collect()
@@ -53,8 +69,15 @@ class CeleryPublisher:
             declared = conn.default_channel.queue_declare(queue=queue, passive=True)
         return int(declared.message_count)
 
-    def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
-        self._send(TASK_RUN_AI_REQUEST, [job_id], countdown)
+    def publish_job(
+        self, job_id: str, *, countdown: float | None = None, priority: str | None = None
+    ) -> None:
+        self._send(
+            TASK_RUN_AI_REQUEST,
+            [job_id],
+            countdown,
+            None if priority is None else REDIS_PRIORITY[priority],
+        )
 
     def send_callback(self, task_name: str, args: list[object]) -> None:
         self._send(task_name, list(args))
