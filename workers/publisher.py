@@ -17,7 +17,10 @@ from workers.celery_app import TASK_DELIVER_WEBHOOK, TASK_RUN_AI_REQUEST, celery
 #: the lists of step 0 first: lower is sooner. A message without a priority is step 0,
 #: so the other queues' tasks (webhooks, polls, the sweep) and messages published
 #: before priorities existed are never held behind a backlog of AI jobs.
+#: Other brokers get no message priority: RabbitMQ orders the other way round (and
+#: only on queues declared with x-max-priority), kombu's SQL transport has none.
 REDIS_PRIORITY = {HIGH: 0, NORMAL: 3, LOW: 6}
+REDIS_SCHEMES = ("redis://", "rediss://", "sentinel://", "redis+socket://")
 
 
 class CeleryPublisher:
@@ -32,6 +35,14 @@ class CeleryPublisher:
     def __init__(self, app: Celery | None = None) -> None:
         self.app = app or celery_app
         self._local = threading.local()
+        self._priorities: dict[str, int] | None = None
+
+    def _priority(self, priority: str | None) -> int | None:
+        """A job's priority as this broker's message priority (None: no priority)."""
+        if self._priorities is None:
+            url = str(self.app.conf.broker_url or "")
+            self._priorities = REDIS_PRIORITY if url.startswith(REDIS_SCHEMES) else {}
+        return None if priority is None else self._priorities.get(priority)
 
     def _send(
         self,
@@ -76,7 +87,7 @@ class CeleryPublisher:
             TASK_RUN_AI_REQUEST,
             [job_id],
             countdown,
-            None if priority is None else REDIS_PRIORITY[priority],
+            self._priority(priority),
         )
 
     def send_callback(self, task_name: str, args: list[object]) -> None:
