@@ -1,12 +1,14 @@
 """Priorities through the real queue: a worker process, Redis, PostgreSQL and the fake
 OpenAI server. A high job submitted behind a backlog of low ones is taken next, not
-after the backlog; the sweep publishes a lost job at its priority again.
+after the backlog; a retry and the sweep send a job's message at its priority again.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
@@ -15,6 +17,7 @@ from app.db.models import AIRequestRow, JobStatus
 from app.db.session import session_scope
 from app.jobs import submit
 from app.jobs.sweep import sweep
+from app.sandbox.base import Fault
 from tests.integration.test_queue import assert_each_ran_once, wait_all_finished
 from tests.plugins.queue import QueueBed
 from workers.publisher import REDIS_PRIORITY
@@ -74,3 +77,25 @@ def test_the_sweep_publishes_a_lost_job_at_its_priority_again(queue_bed: QueueBe
         s.execute(update(AIRequestRow).values(published_at=None))
     assert sweep() == 3
     assert {p: depth(p) for p in jobs} == {"high": 1, "normal": 1, "low": 1}
+
+
+def test_a_retry_goes_back_at_the_jobs_priority(queue_bed: QueueBed) -> None:
+    """A 503 with Retry-After: the worker holds the retry's countdown message unacked in
+    Redis; it carries the low job's priority, as a redelivered one would."""
+    queue_bed.openai.faults.push(Fault.status_code(503, headers={"Retry-After": "4"}))
+    queue_bed.worker(concurrency=1)
+    job = submit("a low job that fails once", priority="low")
+    broker = queue_bed.redis
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20
+    while not seen and time.monotonic() < deadline:
+        for raw in broker.hvals("unacked"):
+            message = json.loads(raw)[0]
+            if message["headers"].get("retries", 0) >= 1:
+                seen.append(message)
+        time.sleep(0.02)
+    assert seen, "no retry message seen"
+    assert seen[0]["properties"]["priority"] == REDIS_PRIORITY["low"]
+    assert str(job.id) in seen[0]["headers"]["argsrepr"]
+    wait_all_finished([job.id], timeout=30)
+    assert job.get().status == JobStatus.SUCCEEDED and job.get().attempt_count == 2
