@@ -212,9 +212,11 @@ class _PublishProbe:
     def ensure_routes(self) -> None:
         self.inner.ensure_routes()
 
-    def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
+    def publish_job(
+        self, job_id: str, *, countdown: float | None = None, priority: str | None = None
+    ) -> None:
         try:
-            self.inner.publish_job(job_id, countdown=countdown)
+            self.inner.publish_job(job_id, countdown=countdown, priority=priority)
         except BaseException as exc:
             self.error = exc
             raise
@@ -239,6 +241,13 @@ class _PublishProbe:
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
 @click.option("--idempotency-key", help="The same key twice gives the first job back.")
 @click.option(
+    "--priority",
+    type=click.Choice(["high", "normal", "low"]),
+    default="normal",
+    show_default=True,
+    help="Waiting jobs of a higher priority run first.",
+)
+@click.option(
     "--wait",
     "wait_s",
     type=click.FloatRange(min=0, min_open=True),
@@ -257,6 +266,7 @@ def submit(
     max_tokens: int | None,
     tags: tuple[str, ...],
     idempotency_key: str | None,
+    priority: str,
     wait_s: float | None,
     as_json: bool,
 ) -> None:
@@ -290,6 +300,7 @@ def submit(
         max_tokens=max_tokens,
         tags=list(tags) or None,
         idempotency_key=idempotency_key,
+        priority=priority,
     )
     published = probe is not None and probe.error is None
     if not published:

@@ -146,6 +146,18 @@ class Settings(BaseSettings):
         description="seconds a worker owns a claimed row (job, webhook delivery, agent-run"
         " creation) past its last heartbeat; a dead worker's work is taken again after it",
     )
+    aiw_tag_concurrency: str = Field(
+        "",
+        description="per-tag caps on the jobs running at once across all workers, e.g."
+        " 'bulk=4,team-a=8'; a job over a cap waits (AIW_TAG_WAIT) without an attempt",
+    )
+    aiw_tag_wait: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="seconds a job held back by its tag's cap waits before it is tried"
+        " again (plus up to as much at random)",
+    )
     aiw_heartbeat_interval: float = Field(
         10.0, gt=0, description="seconds between two renewals of a worker's leases"
     )
@@ -281,6 +293,12 @@ class Settings(BaseSettings):
     def _blank_key_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("aiw_tag_concurrency")
+    @classmethod
+    def _tag_caps(cls, value: str) -> str:
+        parse_tag_caps(value)
+        return value
+
     @field_validator("aiw_webhook_retry_schedule")
     @classmethod
     def _schedule(cls, value: str) -> str:
@@ -295,6 +313,11 @@ class Settings(BaseSettings):
     @property
     def has_codegen(self) -> bool:
         return self.codegen_token is not None and self.codegen_org_id is not None
+
+    @property
+    def tag_caps(self) -> dict[str, int]:
+        """Tag -> most jobs with it running at once (``AIW_TAG_CONCURRENCY``)."""
+        return parse_tag_caps(self.aiw_tag_concurrency)
 
     @property
     def webhook_retry_schedule(self) -> tuple[float, ...]:
@@ -353,6 +376,28 @@ def parse_schedule(value: str) -> tuple[float, ...]:
             raise ValueError(f"{part.strip()!r}: each wait must be a finite number >= 0")
         steps.append(step)
     return tuple(steps)
+
+
+def parse_tag_caps(value: str) -> dict[str, int]:
+    """``"bulk=4,team-a=8"`` -> ``{"bulk": 4, "team-a": 8}``; blank means no caps."""
+    caps: dict[str, int] = {}
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        tag, sep, number = part.partition("=")
+        tag = tag.strip()
+        if not sep or not tag or len(tag) > 100:
+            raise ValueError(f"{part.strip()!r} is not TAG=N (a tag of 1..100 chars)")
+        try:
+            cap = int(number)
+        except ValueError:
+            raise ValueError(f"{part.strip()!r}: the cap must be a whole number") from None
+        if cap < 1:
+            raise ValueError(f"{part.strip()!r}: the cap must be at least 1")
+        if tag in caps:
+            raise ValueError(f"tag {tag!r} is capped twice")
+        caps[tag] = cap
+    return caps
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import KombuError
 
+from app.core.priorities import HIGH, LOW, NORMAL
 from app.core.publisher import PublishError
 from workers.celery_app import TASK_DELIVER_WEBHOOK, TASK_RUN_AI_REQUEST, celery_app, queues
 
@@ -15,6 +16,15 @@ from workers.celery_app import TASK_DELIVER_WEBHOOK, TASK_RUN_AI_REQUEST, celery
 #: fallback: the row is safe and the sweep publishes it. Celery's default (3 more
 #: tries) would keep a submit waiting four socket timeouts on a silent broker.
 RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+#: A job's priority as a Celery message priority. Redis (kombu's transport) keeps one
+#: list per priority step of a queue (steps 0, 3, 6, 9), and a worker's BRPOP names
+#: the lists of step 0 first: lower is sooner. A message without a priority is step 0,
+#: so the other queues' tasks (webhooks, polls, the sweep) and messages published
+#: before priorities existed are never held behind a backlog of AI jobs.
+#: Other brokers get no message priority: RabbitMQ orders the other way round (and
+#: only on queues declared with x-max-priority), kombu's SQL transport has none.
+REDIS_PRIORITY = {HIGH: 0, NORMAL: 3, LOW: 6}
+REDIS_SCHEMES = ("redis://", "rediss://", "sentinel://", "redis+socket://")
 
 
 class CeleryPublisher:
@@ -29,15 +39,34 @@ class CeleryPublisher:
     def __init__(self, app: Celery | None = None) -> None:
         self.app = app or celery_app
         self._local = threading.local()
+        self._priorities: dict[str, int] | None = None
 
-    def _send(self, name: str, args: list[Any], countdown: float | None = None) -> None:
+    def _priority(self, priority: str | None) -> int | None:
+        """A job's priority as this broker's message priority (None: no priority)."""
+        if self._priorities is None:
+            url = str(self.app.conf.broker_url or "")
+            self._priorities = REDIS_PRIORITY if url.startswith(REDIS_SCHEMES) else {}
+        return None if priority is None else self._priorities.get(priority)
+
+    def _send(
+        self,
+        name: str,
+        args: list[Any],
+        countdown: float | None = None,
+        priority: int | None = None,
+    ) -> None:
         producer = getattr(self._local, "producer", None)
         if producer is None:
             producer = self.app.amqp.Producer(self.app.connection_for_write())
             self._local.producer = producer
         try:
             self.app.send_task(
-                name, args=args, countdown=countdown, producer=producer, retry_policy=RETRY
+                name,
+                args=args,
+                countdown=countdown,
+                producer=producer,
+                priority=priority,
+                retry_policy=RETRY,
             )
         except (KombuError, OSError):
             self._local.producer = None  # start over on a fresh connection next time
@@ -60,8 +89,15 @@ class CeleryPublisher:
             declared = conn.default_channel.queue_declare(queue=queue, passive=True)
         return int(declared.message_count)
 
-    def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
-        self._send(TASK_RUN_AI_REQUEST, [job_id], countdown)
+    def publish_job(
+        self, job_id: str, *, countdown: float | None = None, priority: str | None = None
+    ) -> None:
+        self._send(
+            TASK_RUN_AI_REQUEST,
+            [job_id],
+            countdown,
+            self._priority(priority),
+        )
 
     def send_callback(self, task_name: str, args: list[object]) -> None:
         self._send(task_name, list(args))

@@ -40,8 +40,11 @@ class Publisher(Protocol):
     def ensure_routes(self) -> None:
         """Make sure the broker routes messages to our queues (after a broker reset)."""
 
-    def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
-        """Queue one run of the AI request ``job_id`` (after ``countdown`` seconds)."""
+    def publish_job(
+        self, job_id: str, *, countdown: float | None = None, priority: str | None = None
+    ) -> None:
+        """Queue one run of the AI request ``job_id`` (after ``countdown`` seconds), at
+        ``priority`` (``app.core.priorities``; None: the broker's default)."""
 
     def send_callback(self, task_name: str, args: list[object]) -> None:
         """Send a user's callback task (a Celery task name) its arguments."""

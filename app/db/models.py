@@ -77,6 +77,14 @@ class JobStatus(StrEnum):
 JobStatus.TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
+class Priority(StrEnum):
+    """How soon a job runs, among the jobs waiting (``app.core.priorities``)."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
 class AttemptOutcome(StrEnum):
     """How one try against one provider ended (``started``: not yet)."""
 
@@ -99,6 +107,7 @@ class AIRequestRow(TimestampMixin, Base):
     __tablename__ = "ai_requests"
     __table_args__ = (
         CheckConstraint(_in_list("status", JobStatus), name="status"),
+        CheckConstraint(_in_list("priority", Priority), name="priority"),
         Index("ix_ai_requests_status_next_attempt_at", "status", "next_attempt_at"),
         Index("ix_ai_requests_status_lease_expires_at", "status", "lease_expires_at"),
         Index("ix_ai_requests_status_published_at", "status", "published_at"),
@@ -137,7 +146,10 @@ class AIRequestRow(TimestampMixin, Base):
     error_type: Mapped[str | None] = mapped_column(String(128))
     error_message: Mapped[str | None] = mapped_column(Text)
 
-    # Scheduling and ownership.
+    # Scheduling and ownership. ``priority`` (high, normal, low) goes with every message.
+    priority: Mapped[str] = mapped_column(
+        String(8), nullable=False, default=Priority.NORMAL, server_default=Priority.NORMAL.value
+    )
     attempt_count: Mapped[int] = mapped_column(
         Integer, nullable=False, default=0, server_default="0"
     )

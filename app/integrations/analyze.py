@@ -51,6 +51,7 @@ from sqlalchemy import select
 
 from app.ai.base import AIRequest, AIResponse
 from app.core.errors import InvalidRequestError
+from app.core.priorities import LOW
 from app.db.models import AIRequestRow, JobStatus
 from app.db.session import session_scope
 from app.integrations.graph_sitter import (
@@ -307,8 +308,11 @@ def existing_jobs(base_keys: Sequence[str]) -> dict[str, tuple[int, uuid.UUID, s
     return latest
 
 
-def queue_analysis(plan: AnalysisPlan, *, retry_failed: bool = True) -> list[QueuedSymbol]:
-    """Queue the symbols that have no job yet (or whose job failed); reuse the others."""
+def queue_analysis(
+    plan: AnalysisPlan, *, retry_failed: bool = True, priority: str = LOW
+) -> list[QueuedSymbol]:
+    """Queue the symbols that have no job yet (or whose job failed); reuse the others.
+    At ``priority`` low by default: a bulk analysis never holds back anyone's job."""
     asked = [s for s in plan.symbols if s.skipped is None]
     latest = existing_jobs([s.key for s in asked])
     to_submit: list[tuple[Symbol, str, str]] = []  # symbol, key, origin
@@ -333,6 +337,7 @@ def queue_analysis(plan: AnalysisPlan, *, retry_failed: bool = True) -> list[Que
             idempotency_keys=[key for _, key, _ in to_submit],
             tags=[TAG, plan.tag],
             subject={"analysis": plan.analysis_id},
+            priority=priority,
         )
         for (symbol, _, origin), handle in zip(to_submit, handles, strict=True):
             result[symbol.key] = QueuedSymbol(symbol, handle.id, origin)
@@ -575,11 +580,12 @@ def analyze(
     timeout: float | None = None,
     retry_failed: bool = True,
     on_progress: ProgressCallback | None = None,
+    priority: str = LOW,
 ) -> AnalysisResult:
     """Plan, queue, follow and report. After ``timeout`` seconds the report is written
     with what has finished (``report["complete"]`` is False); running again resumes."""
     plan = plan_analysis(path, prompt, filter=filter, provider=provider, model=model)
-    queued = queue_analysis(plan, retry_failed=retry_failed)
+    queued = queue_analysis(plan, retry_failed=retry_failed, priority=priority)
     ids = [q.job_id for q in queued if q.job_id is not None]
     follow(ids, on_progress=on_progress, timeout=timeout)
     report = build_report(plan, queued)

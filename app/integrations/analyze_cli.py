@@ -70,6 +70,13 @@ def _quiet_graph_sitter() -> None:
     show_default=True,
     help="Ask again about symbols whose earlier job failed.",
 )
+@click.option(
+    "--priority",
+    type=click.Choice(["high", "normal", "low"]),
+    default="low",
+    show_default=True,
+    help="The jobs' priority (low: other jobs go first).",
+)
 @click.option("--agent", is_flag=True, help="Hand the whole task to one Codegen agent run.")
 @click.option("--repo-id", type=int, help="Codegen repository id (with --agent).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's JSON at the end.")
@@ -82,6 +89,7 @@ def analyze_command(
     out_dir: Path | None,
     timeout: float | None,
     retry_failed: bool,
+    priority: str,
     agent: bool,
     repo_id: int | None,
     as_json: bool,
@@ -103,7 +111,18 @@ def analyze_command(
         if agent:
             _run_agent(path, prompt, filter_, model, out_dir, timeout, repo_id, as_json)
         else:
-            _run(path, prompt, filter_, provider, model, out_dir, timeout, retry_failed, as_json)
+            _run(
+                path,
+                prompt,
+                filter_,
+                provider,
+                model,
+                out_dir,
+                timeout,
+                retry_failed,
+                as_json,
+                priority,
+            )
     except (AIProviderError, ConfigError, GraphSitterUnavailableError, JobError) as exc:
         _fail(str(exc))
     except DBAPIError as exc:
@@ -135,6 +154,7 @@ def _run(
     timeout: float | None,
     retry_failed: bool,
     as_json: bool,
+    priority: str = "low",
 ) -> None:
     import json
 
@@ -144,7 +164,7 @@ def _run(
 
     console = _console()
     plan = _plan(path, prompt, filter_, provider, model)
-    queued = an.queue_analysis(plan, retry_failed=retry_failed)
+    queued = an.queue_analysis(plan, retry_failed=retry_failed, priority=priority)
     counts = {o: sum(1 for q in queued if q.origin == o) for o in ("new", "reused", "retried")}
     skipped = sum(1 for q in queued if q.origin == "skipped")
     console.print(

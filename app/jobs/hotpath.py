@@ -8,6 +8,8 @@ written once (psycopg prepares it on the server after a few runs) and no ORM on 
   written out), the provider chain fixed on the first claim, the earlier attempts still
   ``started`` marked ``lost``, and the new attempt row written before the call; all in
   one statement (data-modifying CTEs), so a claim never exists without its attempt.
+  A job with a tag under a concurrency cap is left to the runner's locked claim
+  (``app.jobs.tag_caps``).
 - **record**: the job's next state fenced by the claim token (or by the run it waits
   for), the attempt closed (``superseded`` when the fence fails), the usage of a paid
   answer, and, when the job ends, its ``ai_request.*`` webhook event and one delivery
@@ -37,7 +39,7 @@ from app.webhooks.events import ai_request_payload, new_event_id
 CLAIMED = (
     "id", "kind", "attempt_count", "provider_chain", "provider_index", "retries_on_provider",
     "callback", "prompt", "system_prompt", "model", "parameters", "tags", "created_at",
-    "started_at",
+    "started_at", "priority",
 )  # fmt: skip
 
 CLAIM_SQL = f"""
@@ -60,6 +62,7 @@ WITH claimed AS (
            OR (claim_token IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= %(now)s))
            OR (lease_expires_at < %(now)s
                AND (next_attempt_at IS NULL OR next_attempt_at <= %(now)s)))
+      AND NOT (tags ?| %(capped)s::text[])
     RETURNING {", ".join(CLAIMED)}
 ), lost AS (
     UPDATE ai_attempts SET outcome = 'lost', finished_at = %(now)s, detail = %(lost)s
@@ -101,9 +104,11 @@ def claim(
     automatic: Sequence[str],
     default_models: Mapping[str, str],
     lost_detail: str,
+    capped: Sequence[str] = (),
 ) -> dict[str, Any] | None:
     """Claim the job and write its attempt; the claimed row (with ``attempt_id``, None
-    when the chain has no provider left) or None when it is not claimable now."""
+    when the chain has no provider left) or None when it is not claimable now, or has
+    one of the ``capped`` tags (``app.jobs.tag_caps`` claims those)."""
     row = (
         conn.exec_driver_sql(
             CLAIM_SQL,
@@ -115,6 +120,7 @@ def claim(
                 "auto": json.dumps(list(automatic)),
                 "defaults": json.dumps(dict(default_models)),
                 "lost": lost_detail,
+                "capped": list(capped),
             },
         )
         .mappings()

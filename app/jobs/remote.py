@@ -255,7 +255,8 @@ def run_ended(
         name = outcome.callback
         after_commit(session, lambda: _send_callback(name, str(job_id)))
     elif outcome.action == "retry":
-        after_commit(session, lambda: _publish_job(job_id))
+        priority = job.priority
+        after_commit(session, lambda: _publish_job(job_id, priority))
     log.info("job %s: agent run %s ended %s: %s", job_id, row.id, row.remote_status, outcome)
     return True
 
@@ -267,8 +268,8 @@ def _send_callback(name: str, job_id: str) -> None:
         log.warning("job %s: callback %s not sent (%s)", job_id, name, exc)
 
 
-def _publish_job(job_id: uuid.UUID) -> None:
-    publish(job_id)
+def _publish_job(job_id: uuid.UUID, priority: str) -> None:
+    publish(job_id, priority=priority)
 
 
 __all__ = ["PROVIDER", "ended_error", "run_ended", "run_input", "start_run"]

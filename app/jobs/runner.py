@@ -47,7 +47,7 @@ from app.db.claims import Outcome, claim_values, claimable, fenced, lease_until,
 from app.db.heartbeat import hold
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
 from app.db.session import database_url, get_hot_engine, session_scope
-from app.jobs import hotpath, records, remote, spend
+from app.jobs import hotpath, records, remote, spend, tag_caps
 from app.jobs.records import Try
 from app.webhooks.events import emit_ai_request_finished, publish_deliveries
 
@@ -103,6 +103,7 @@ def reset_providers() -> None:
         _dialects.clear()
         _defaults.clear()
         _digests.clear()
+        _caps.clear()
 
 
 _chains: dict[int, list[str]] = {}
@@ -215,34 +216,60 @@ def _claimed_now(now: datetime, token: str) -> Any:
 
 def _claim(jid: uuid.UUID, token: str, settings: Settings) -> _Claim | Outcome:
     """One transaction: the job is ours and its attempt row is written, or it is not
-    claimable now. A job Codegen answers is handed to its tracked run right after."""
+    claimable now (or held back by its tags' caps, ``app.jobs.tag_caps``). A job Codegen
+    answers is handed to its tracked run right after."""
     now = utcnow()
-    if _on_postgresql(settings):
-        with get_hot_engine().connect() as conn:
-            claimed = hotpath.claim(
-                conn,
-                jid,
-                token,
-                now=now,
-                lease=lease_until(now, settings),
-                automatic=_automatic_chain(settings),
-                default_models=_default_models(settings),
-                lost_detail=LOST_DETAIL,
-            )
-        if claimed is not None and claimed["attempt_id"] is not None:
-            return _claimed(claimed, token, now, settings)
-        with session_scope() as session:
-            row = session.get(AIRequestRow, jid)
-            if row is None:
-                log.warning("job %s: no such job; message dropped", jid)
-                return Outcome(str(jid), "skipped", reason="no such job")
-            if claimed is None:
-                return _not_claimed(row, now, settings)
-            return _no_provider(session, row, now)  # claimed, no provider left in its chain
+    caps = _tag_caps(settings)
+    if not _on_postgresql(settings):
+        return _claim_portable(jid, token, now, settings, caps, [])
+    with get_hot_engine().connect() as conn:
+        claimed = hotpath.claim(
+            conn,
+            jid,
+            token,
+            now=now,
+            lease=lease_until(now, settings),
+            automatic=_automatic_chain(settings),
+            default_models=_default_models(settings),
+            lost_detail=LOST_DETAIL,
+            capped=list(caps),
+        )
+    if claimed is not None and claimed["attempt_id"] is not None:
+        return _claimed(claimed, token, now, settings)
     with session_scope() as session:
+        row = session.get(AIRequestRow, jid)
+        if row is None:
+            log.warning("job %s: no such job; message dropped", jid)
+            return Outcome(str(jid), "skipped", reason="no such job")
+        if claimed is not None:
+            return _no_provider(session, row, now)  # claimed, no provider left in its chain
+        locked = tag_caps.capped_tags(row.tags, caps)
+        if not locked:
+            return _not_claimed(row, now, settings)
+    return _claim_portable(jid, token, now, settings, caps, locked)
+
+
+def _claim_portable(
+    jid: uuid.UUID,
+    token: str,
+    now: datetime,
+    settings: Settings,
+    caps: dict[str, int],
+    locked: list[str],
+) -> _Claim | Outcome:
+    """The claim in several statements of one transaction: on SQLite, and on PostgreSQL
+    for a job with capped tags (``locked``: their advisory locks are taken first)."""
+    conditions = list(_claimed_now(now, token))
+    if caps:
+        conditions.append(
+            tag_caps.under_caps(caps, now, postgresql=_on_postgresql(settings))
+        )
+    with session_scope() as session:
+        if locked:
+            tag_caps.lock(session, locked)
         row = session.scalars(
             update(AIRequestRow)
-            .where(AIRequestRow.id == jid, *_claimed_now(now, token))
+            .where(AIRequestRow.id == jid, *conditions)
             .values(
                 status=JobStatus.RUNNING,
                 **claim_values(token, now, settings),
@@ -259,6 +286,9 @@ def _claim(jid: uuid.UUID, token: str, settings: Settings) -> _Claim | Outcome:
             if existing is None:
                 log.warning("job %s: no such job; message dropped", jid)
                 return Outcome(str(jid), "skipped", reason="no such job")
+            held = tag_caps.capped_tags(existing.tags, caps)
+            if held and tag_caps.free_and_due(existing, now):
+                return tag_caps.hold_back(session, jid, held, now, settings)
             return _not_claimed(existing, now, settings)
         if row.attempt_count > 1:  # an earlier try may have died with its worker
             _mark_lost(session, jid, now)
@@ -314,13 +344,17 @@ def _claimed(
         row["started_at"],
     )
     params = row["parameters"] or {}
+    extra = dict(params.get("provider_kwargs") or {})
+    if tried.provider == remote.PROVIDER:
+        # The job's priority is told to Codegen too (the run's metadata["priority"]).
+        extra.setdefault("priority", row["priority"])
     request = AIRequest(
         prompt=row["prompt"],
         system_prompt=row["system_prompt"],
         model=row["model"],
         temperature=float(params.get("temperature", 0.0)),
         max_tokens=params.get("max_tokens"),
-        extra=dict(params.get("provider_kwargs") or {}),
+        extra=extra,
     )
     claim = _Claim(tried, token, request, row)
     if tried.provider != remote.PROVIDER:
@@ -331,6 +365,14 @@ def _claimed(
 
 _dialects: dict[int, bool] = {}
 _defaults: dict[int, dict[str, str]] = {}
+_caps: dict[int, dict[str, int]] = {}
+
+
+def _tag_caps(settings: Settings) -> dict[str, int]:
+    known = _caps.get(id(settings))
+    if known is None:
+        known = _caps[id(settings)] = settings.tag_caps
+    return known
 
 
 def _on_postgresql(settings: Settings) -> bool:

@@ -35,6 +35,7 @@ from app.core.errors import (
     JobNotFoundError,
     JobTimeoutError,
 )
+from app.core.priorities import NORMAL, check_priority
 from app.core.publisher import PublishError, get_publisher
 from app.db.base import utcnow
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
@@ -82,6 +83,7 @@ class Job(BaseModel):
     system_prompt: str | None
     parameters: dict[str, Any]
     tags: list[str]
+    priority: str = NORMAL
     subject: dict[str, Any] | None
     result: dict[str, Any] | None
     error_type: str | None
@@ -131,7 +133,9 @@ def _validate(
     callback: object,
     subject: object,
     provider_kwargs: dict[str, Any],
+    priority: object = NORMAL,
 ) -> AIRequest:
+    check_priority(priority)
     request = AIRequest.build(
         prompt,
         system_prompt=system_prompt,
@@ -214,9 +218,14 @@ def submit(
     callback: str | None = None,
     *,
     subject: dict[str, Any] | None = None,
+    priority: str = NORMAL,
     **provider_kwargs: Any,
 ) -> JobHandle:
     """Accept an AI request and queue it. Returns at once with a ``JobHandle``.
+
+    ``priority`` (``high``, ``normal``, ``low``): waiting jobs of a higher priority
+    are taken first. When Codegen answers, it is also kept in the run's
+    ``metadata["priority"]``.
 
     Raises ``InvalidRequestError`` (nothing written, nothing queued) for bad input.
     The same ``idempotency_key`` twice returns the first job (its parameters win).
@@ -233,6 +242,7 @@ def submit(
         callback,
         subject,
         provider_kwargs,
+        priority,
     )
     if idempotency_key is not None:
         existing = _find_by_key(idempotency_key)
@@ -256,6 +266,7 @@ def submit(
             "provider_kwargs": provider_kwargs,
         },
         "tags": list(tags or []),
+        "priority": priority,
         "subject": subject,
         "idempotency_key": idempotency_key,
         "callback": callback,
@@ -273,7 +284,7 @@ def submit(
         if existing is None:
             raise
         return JobHandle(existing)
-    publish(job_id)
+    publish(job_id, priority=priority)
     return JobHandle(job_id)
 
 
@@ -291,10 +302,11 @@ def _insert(values: dict[str, Any]) -> None:
             session.execute(_INSERT, values)
 
 
-def publish(job_id: uuid.UUID, countdown: float | None = None) -> bool:
-    """Hand the job to the queue; on failure leave it to the sweep. True if published."""
+def publish(job_id: uuid.UUID, countdown: float | None = None, *, priority: str) -> bool:
+    """Hand the job to the queue at its ``priority``; on failure leave it to the sweep.
+    True if published."""
     try:
-        get_publisher().publish_job(str(job_id), countdown=countdown)
+        get_publisher().publish_job(str(job_id), countdown=countdown, priority=priority)
     except Exception as exc:  # noqa: BLE001 - any broker failure: the row is safe, the sweep retries
         log.warning(
             "job %s accepted but not published (%s); the sweep will publish it",

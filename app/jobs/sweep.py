@@ -16,6 +16,8 @@ The condition is the claim machine's (``app.db.claims.needs_message``), shared w
 the webhook delivery sweep and the agent-run creations. Jobs ``awaiting_run`` have no
 message to lose: their tracked agent run finishes them.
 
+Each message goes out at the job's priority (``ai_requests.priority``).
+
 Running it twice at once does no harm: rows are taken with
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and stamped ``published_at`` in the
 same transaction, and a duplicate message would claim nothing anyway.
@@ -27,14 +29,16 @@ import logging
 import uuid
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_
+from sqlalchemy import and_, select
 
 from app.config import get_settings
+from app.core.priorities import NORMAL
 from app.core.publisher import QUEUE_AI, get_publisher, queue_is_empty
 from app.db.base import utcnow
 from app.db.claims import needs_message
 from app.db.models import AIRequestRow, JobStatus
 from app.db.outbox import take_for_publishing
+from app.db.session import session_scope
 from app.jobs import spend
 from app.jobs.service import publish
 
@@ -44,14 +48,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def due_jobs(settings: Settings, limit: int) -> list[uuid.UUID]:
-    """Take up to ``limit`` jobs that need a message, stamping them published now."""
+def due_jobs(settings: Settings, limit: int) -> list[tuple[uuid.UUID, str]]:
+    """Take up to ``limit`` jobs that need a message, stamping them published now; each
+    with its priority (the message goes out at the job's priority again)."""
     now = utcnow()
     condition = and_(
         AIRequestRow.status.in_([JobStatus.QUEUED, JobStatus.WAITING, JobStatus.RUNNING]),
         needs_message(AIRequestRow, now, settings, queue_empty=queue_is_empty(QUEUE_AI)),
     )
-    return take_for_publishing(AIRequestRow, condition, AIRequestRow.created_at, limit, now)
+    ids = take_for_publishing(AIRequestRow, condition, AIRequestRow.created_at, limit, now)
+    if not ids:
+        return []
+    with session_scope() as session:
+        rows = session.execute(
+            select(AIRequestRow.id, AIRequestRow.priority).where(AIRequestRow.id.in_(ids))
+        )
+        found = {job_id: priority for job_id, priority in rows}
+    return [(job_id, found.get(job_id, NORMAL)) for job_id in ids]
 
 
 def sweep(settings: Settings | None = None, batch: int = 500, max_batches: int = 20) -> int:
@@ -64,8 +77,8 @@ def sweep(settings: Settings | None = None, batch: int = 500, max_batches: int =
         log.warning("could not declare the queues (%s)", type(exc).__name__)
     for _ in range(max_batches):
         ids = due_jobs(settings, batch)
-        for job_id in ids:
-            if publish(job_id):
+        for job_id, priority in ids:
+            if publish(job_id, priority=priority):
                 published += 1
         if len(ids) < batch:
             break

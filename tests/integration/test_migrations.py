@@ -25,7 +25,7 @@ COLUMNS = {
         "tags", "subject",
         "result", "error_type", "error_message", "attempt_count", "retries_on_provider",
         "next_attempt_at", "lease_expires_at", "claim_token", "published_at", "idempotency_key",
-        "callback",
+        "callback", "priority",
         "created_at", "updated_at", "started_at", "finished_at",
     },
     "ai_attempts": {
@@ -188,6 +188,7 @@ def _check_schema(url: str) -> None:
             assert fks == FOREIGN_KEYS.get(table, set()), table
         checks = {c["name"] for c in insp.get_check_constraints("ai_requests")}
         assert "ck_ai_requests_status" in checks
+        assert "ck_ai_requests_priority" in checks
         checks = {c["name"] for c in insp.get_check_constraints("webhook_deliveries")}
         assert "ck_webhook_deliveries_status" in checks
         checks = {c["name"] for c in insp.get_check_constraints("agent_runs")}

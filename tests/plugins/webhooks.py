@@ -32,7 +32,9 @@ class RecordingPublisher:
     def ensure_routes(self) -> None:
         pass
 
-    def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
+    def publish_job(
+        self, job_id: str, *, countdown: float | None = None, priority: str | None = None
+    ) -> None:
         self.jobs.append((job_id, countdown))
 
     def send_callback(self, task_name: str, args: list[object]) -> None:

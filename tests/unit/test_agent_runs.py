@@ -48,7 +48,9 @@ class RecordingPublisher:
         self.tasks: list[tuple[str, list[object]]] = []
         self.fail = False
 
-    def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
+    def publish_job(
+        self, job_id: str, *, countdown: float | None = None, priority: str | None = None
+    ) -> None:
         pass
 
     def send_callback(self, task_name: str, args: list[object]) -> None:

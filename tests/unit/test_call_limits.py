@@ -269,7 +269,9 @@ def test_a_job_with_a_huge_answer_fails_once_and_stores_nothing_of_it(
     from app.jobs.runner import reset_providers, run_job
 
     class Publisher:
-        def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
+        def publish_job(
+            self, job_id: str, *, countdown: float | None = None, priority: str | None = None
+        ) -> None:
             pass
 
         def send_callback(self, task_name: str, args: list[object]) -> None:

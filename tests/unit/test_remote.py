@@ -40,7 +40,9 @@ class RecordingPublisher:
         self.jobs: list[str] = []
         self.tasks: list[tuple[str, list[object]]] = []
 
-    def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
+    def publish_job(
+        self, job_id: str, *, countdown: float | None = None, priority: str | None = None
+    ) -> None:
         self.jobs.append(job_id)
 
     def send_callback(self, task_name: str, args: list[object]) -> None:

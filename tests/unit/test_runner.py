@@ -34,9 +34,13 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.jobs: list[tuple[str, float | None]] = []
         self.callbacks: list[tuple[str, list[object]]] = []
+        self.priorities: list[str | None] = []
 
-    def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
+    def publish_job(
+        self, job_id: str, *, countdown: float | None = None, priority: str | None = None
+    ) -> None:
         self.jobs.append((job_id, countdown))
+        self.priorities.append(priority)
 
     def send_callback(self, task_name: str, args: list[object]) -> None:
         self.callbacks.append((task_name, args))

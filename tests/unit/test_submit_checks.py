@@ -25,7 +25,9 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.jobs: list[str] = []
 
-    def publish_job(self, job_id: str, *, countdown: float | None = None) -> None:
+    def publish_job(
+        self, job_id: str, *, countdown: float | None = None, priority: str | None = None
+    ) -> None:
         self.jobs.append(job_id)
 
     def send_callback(self, task_name: str, args: list[object]) -> None:
