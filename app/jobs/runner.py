@@ -45,7 +45,7 @@ from app.db.claims import Outcome, claim_values, claimable, fenced, lease_until,
 from app.db.heartbeat import hold
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
 from app.db.session import database_url, get_hot_engine, session_scope
-from app.jobs import hotpath, records, remote
+from app.jobs import admission, hotpath, records, remote
 from app.jobs.records import Try
 from app.webhooks.events import emit_ai_request_finished, publish_deliveries
 
@@ -146,18 +146,16 @@ def _call(claim: _Claim, settings: Settings) -> Outcome:
     )
     waiting = _cooldown_remaining(cooldown_name, settings)
     if waiting > 0:
-        if records.waited(tried, utcnow()) + waiting > settings.aiw_rate_limit_wait_max:
-            # Waited out rate limits long enough: the reason it fails (or falls back).
-            cooling = ProviderRateLimitError(
-                f"{tried.provider} kept cooling down (a 429 shared by every worker)",
-                provider_name=tried.provider,
-                retry_after=waiting,
-            )
-            return record_durably(
-                lambda: _record(claim, provider, 0.0, None, cooling, settings),
-                what=f"job {tried.job_id}",
-            )
-        return _defer(claim, waiting, settings)
+        why = f"{tried.provider} kept cooling down (a 429 shared by every worker)"
+        detail = f"not called: {tried.provider} cools down for {waiting:.2f} s " + (
+            "(a 429 shared by every worker)"
+        )
+        return _wait_or_fail(claim, provider, waiting, why, detail, settings)
+    ticket = admission.admit_job(claim.tried, claim.request, cooldown_name, provider, settings)
+    if ticket.wait > 0:
+        why = f"{tried.provider}'s rate window (shared by every worker) kept being full"
+        return _wait_or_fail(claim, provider, ticket.wait, why, ticket.detail(), settings,
+                             jitter=not ticket.held)  # fmt: skip
 
     t0 = time.perf_counter()
     response: AIResponse | None = None
@@ -173,6 +171,7 @@ def _call(claim: _Claim, settings: Settings) -> Outcome:
 
     if isinstance(error, ProviderRateLimitError):
         _start_cooldown(cooldown_name, provider.retry_policy.delay_for(error, 0), settings)
+    admission.settle_job(ticket, response, settings)
 
     def record() -> Outcome:
         return _record(claim, provider, latency, response, error, settings)
@@ -426,11 +425,37 @@ def _start_cooldown(name: str, seconds: float, settings: Settings) -> None:
         log.warning("cooldown store unreachable (%s); cooldown not shared", type(exc).__name__)
 
 
-def _defer(claim: _Claim, waiting: float, settings: Settings) -> Outcome:
-    """The provider is cooling down: give the claim back without calling it."""
+def _wait_or_fail(
+    claim: _Claim,
+    provider: AIProvider,
+    waiting: float,
+    why: str,
+    detail: str,
+    settings: Settings,
+    *,
+    jitter: bool = True,
+) -> Outcome:
+    """The call must wait ``waiting`` s (a cooldown, a full rate window): defer the job,
+    unless it has waited out rate limits for ``AIW_RATE_LIMIT_WAIT_MAX`` already."""
+    tried = claim.tried
+    if records.waited(tried, utcnow()) + waiting > settings.aiw_rate_limit_wait_max:
+        # Waited out rate limits long enough: the reason it fails (or falls back).
+        error = ProviderRateLimitError(why, provider_name=tried.provider, retry_after=waiting)
+        return record_durably(
+            lambda: _record(claim, provider, 0.0, None, error, settings),
+            what=f"job {tried.job_id}",
+        )
+    return _defer(claim, waiting, settings, detail=detail, jitter=jitter)
+
+
+def _defer(
+    claim: _Claim, waiting: float, settings: Settings, *, detail: str, jitter: bool = True
+) -> Outcome:
+    """Give the claim back without calling the provider; the job comes back in
+    ``waiting`` s (plus a little, with ``jitter``, to spread a herd)."""
     now = utcnow()
     tried = claim.tried
-    delay = waiting + random.uniform(0, min(1.0, waiting * 0.1))  # spread the herd
+    delay = waiting + (random.uniform(0, min(1.0, waiting * 0.1)) if jitter else 0.0)
     values, action, countdown = records.wait_values(delay, now, settings)
 
     def record() -> Outcome:
@@ -448,8 +473,7 @@ def _defer(claim: _Claim, waiting: float, settings: Settings) -> Outcome:
                     "outcome": AttemptOutcome.DEFERRED,
                     "finished_at": now,
                     "latency_s": 0.0,
-                    "detail": f"not called: {tried.provider} cools down for {waiting:.2f} s "
-                    "(a 429 shared by every worker)",
+                    "detail": detail,
                 },
             )
             if not getattr(changed, "rowcount", 0):
@@ -459,7 +483,7 @@ def _defer(claim: _Claim, waiting: float, settings: Settings) -> Outcome:
             action,
             JobStatus.WAITING,
             countdown=countdown,
-            reason=f"{tried.provider} cooling down",
+            reason=f"{tried.provider} waits {waiting:.2f} s (rate limits)",
         )
 
     return record_durably(record, what=f"job {tried.job_id}")
