@@ -112,21 +112,25 @@ class _Config:
         return self.spec(pair[0]), self.spec(pair[1])
 
 
-_configs: dict[int, _Config] = {}
+_configs: dict[int, tuple[Settings, _Config]] = {}
 _stores: dict[str | None, Buckets] = {}
 _lock = threading.Lock()
 
 
 def _config(settings: Settings) -> _Config:
-    config = _configs.get(id(settings))
-    if config is None:
-        config = _configs[id(settings)] = _Config(
-            parse_rate_limits(settings.aiw_rate_limits),
-            settings.aiw_rate_window,
-            settings.aiw_rate_burst,
-            settings.aiw_rate_margin,
-            settings.aiw_rate_learn,
-        )
+    known = _configs.get(id(settings))
+    if known is not None and known[0] is settings:  # (an id is reused once freed)
+        return known[1]
+    config = _Config(
+        parse_rate_limits(settings.aiw_rate_limits),
+        settings.aiw_rate_window,
+        settings.aiw_rate_burst,
+        settings.aiw_rate_margin,
+        settings.aiw_rate_learn,
+    )
+    if len(_configs) > 32:
+        _configs.clear()
+    _configs[id(settings)] = (settings, config)
     return config
 
 

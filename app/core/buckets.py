@@ -182,8 +182,8 @@ class BucketSpec:
     ) -> BucketSpec:
         """``for_window`` with a burst that is a fraction of the limit (at least one)."""
         burst = max(1.0, limit * burst_fraction)
-        if burst >= limit:  # a limit of one or two: one at a time
-            burst = max(1.0, limit / 2)
+        if burst >= limit:  # a limit of one: one, then the next a whole window later
+            return cls(capacity=float(limit), rate=limit / (window + margin))
         return cls(capacity=burst, rate=(limit - burst) / (window + margin))
 
     @property
