@@ -20,8 +20,8 @@ back more than ``grace`` seconds late lost its place (its slot is spent) and tak
 
 ``settle`` corrects a take afterwards: tokens given back (the answer used fewer than
 reserved) or charged (more), and a tighter shape and level learned from the provider
-(``lcap``/``lrate``/``remaining``: every later take of every worker follows them until
-the bucket's hash expires, which each answer renews).
+(``lcap``/``lrate``/``remaining``: every later take of every worker follows them; a
+bucket with learned limits is kept ``LEARNED_TTL`` seconds after the last answer).
 
 In Redis every bucket is one hash (``tokens``, ``ts``, and learned ``lcap``, ``lrate``)
 updated by one Lua script that reads the Redis server's clock, so the workers' clocks do
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 #: The wait reported when the bucket store cannot be reached (nothing is granted then).
 UNREACHABLE_WAIT = 1.0
+#: Seconds a bucket with learned limits is kept at least (renewed by each answer), so a
+#: burst after a quiet spell still follows them.
+LEARNED_TTL = 3600
 #: Capacity and rate of a bucket with no limit (only learned limits may tighten it).
 UNLIMITED = 1e15
 
@@ -92,7 +95,7 @@ for i = 1, k do
   local at = ts
   if n > 0 and tokens < need then at = ts + (need - tokens) / rate end
   if at > T then T = at end
-  st[i] = {cap, rate, n, tokens, ts}
+  st[i] = {cap, rate, n, tokens, ts, s[3]}
 end
 local wait = T - now
 if wait > max_wait then
@@ -104,7 +107,9 @@ for i = 1, k do
   tokens = tokens - n
   redis.call('HSET', KEYS[i], 'tokens', string.format('%.6f', tokens),
              'ts', string.format('%.6f', T))
-  redis.call('PEXPIRE', KEYS[i], math.ceil((wait + (cap - tokens) / rate + 1) * 1000))
+  local ttl = math.ceil((wait + (cap - tokens) / rate + 1) * 1000)
+  if st[i][6] then ttl = math.max(ttl, LEARNED_TTL_MS) end
+  redis.call('PEXPIRE', KEYS[i], ttl)
   st[i][4] = tokens
 end
 if wait > 0 and hold then
@@ -113,7 +118,7 @@ if wait > 0 and hold then
   return {0, string.format('%.6f', wait), string.format('%.6f', st[1][4]), 1}
 end
 return {1, '0', string.format('%.6f', st[1][4]), 1}
-"""
+""".replace("LEARNED_TTL_MS", str(LEARNED_TTL * 1000))
 
 #: KEYS: k bucket hashes. ARGV: k, then per bucket capacity, rate, delta (given back if
 #: positive, charged if negative), learned capacity, learned rate, remaining (-1: none).
@@ -152,10 +157,12 @@ for i = 1, k do
   if remaining >= 0 and ts <= now then tokens = math.min(tokens, remaining) end
   redis.call('HSET', KEYS[i], 'tokens', string.format('%.6f', tokens),
              'ts', string.format('%.6f', ts))
-  redis.call('PEXPIRE', KEYS[i], math.ceil(((ts - now) + (cap - tokens) / rate + 1) * 1000))
+  local ttl = math.ceil(((ts - now) + (cap - tokens) / rate + 1) * 1000)
+  if lcap > 0 then ttl = math.max(ttl, LEARNED_TTL_MS) end
+  redis.call('PEXPIRE', KEYS[i], ttl)
 end
 return 1
-"""
+""".replace("LEARNED_TTL_MS", str(LEARNED_TTL * 1000))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from app.core import admission
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from app.config import Settings
     from app.core.admission import Ticket
     from app.jobs.records import Try
+
+log = logging.getLogger(__name__)
 
 
 def request_tokens(request: AIRequest) -> int:
@@ -45,14 +48,15 @@ def admit_job(
 
 
 def settle_job(ticket: Ticket, response: AIResponse | None, settings: Settings) -> None:
-    """After the call: its real usage and what the answer's headers said."""
-    if response is None:
-        admission.settle(ticket, settings, used_tokens=None)
-        return
-    rate_limit = response.metadata.get("rate_limit")
-    admission.settle(
-        ticket,
-        settings,
-        used_tokens=response.usage.total_tokens,
-        rate_limit=rate_limit if isinstance(rate_limit, dict) else None,
-    )
+    """After the call: its real usage and what the answer's headers said. Never raises:
+    an answer in hand is recorded whatever happens here."""
+    rate_limit = response.metadata.get("rate_limit") if response is not None else None
+    try:
+        admission.settle(
+            ticket,
+            settings,
+            used_tokens=response.usage.total_tokens if response is not None else None,
+            rate_limit=rate_limit if isinstance(rate_limit, dict) else None,
+        )
+    except Exception:  # advisory: never lose an answer to the window
+        log.warning("job's rate window not settled", exc_info=True)

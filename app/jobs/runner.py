@@ -14,7 +14,10 @@ while the provider thinks (the claim machine is ``app.db.claims``):
    finishes it when the run ends.
 3. **Call** any other provider once (``generate_once``; the retry loop of this path is
    the broker's), while the heartbeat keeps the claim's lease alive. A provider in a
-   shared cooldown is not called: the job is deferred until the cooldown ends.
+   shared cooldown is not called: the job is deferred until the cooldown ends. Nor is
+   one whose shared rate window is full (``app.jobs.admission``): the job is deferred to
+   the slot reserved for it. Neither wait spends a retry; both count against
+   ``AIW_RATE_LIMIT_WAIT_MAX``.
 4. **Record**, fenced by the claim token (``app.jobs.records``), durably: an answer
    in hand is recorded when the database is back, never asked again.
 

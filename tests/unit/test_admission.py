@@ -257,3 +257,15 @@ def test_rate_limits_syntax() -> None:
             parse_rate_limits(value)
     with pytest.raises(ConfigError, match=r"AIW_RATE_LIMITS: .*unknown provider"):
         load_settings(aiw_rate_limits="nope=1rpm")
+
+
+def test_learned_limits_outlive_a_quiet_spell_in_redis(redis_store: RedisBuckets) -> None:
+    keys = ["aiw:admission:quiet:requests"]
+    redis_store.settle(keys, [UNLIMITED_SPEC], [0.0], [Learned(BucketSpec(3, 1.0), None)])
+    client = redis_store._client
+    assert client.pttl(keys[0]) > 3_000_000  # an hour, not the seconds it takes to refill
+    for _ in range(3):
+        assert redis_store.take(keys, [UNLIMITED_SPEC], [1])
+    refused = redis_store.take(keys, [UNLIMITED_SPEC], [1])
+    assert not refused and refused.wait == pytest.approx(1.0, abs=0.05)  # the learned shape
+    assert client.pttl(keys[0]) > 3_000_000
