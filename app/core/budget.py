@@ -55,12 +55,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from app.core import keys
-from app.core.buckets import (
-    BucketSpec,
-    MemoryTokenBucket,
-    RedisTokenBucket,
-    TokenBucket,
-)
+from app.core.buckets import Buckets, BucketSpec, Grant, MemoryBuckets, RedisBuckets
 from app.core.cooldown import CooldownStore, credential_digest, get_cooldowns
 from app.core.errors import CodegenBudgetTimeoutError
 from app.core.keys import redis_url_for
@@ -73,6 +68,8 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = keys.BUDGET
 STANDARD = keys.BUDGET_CODEGEN_STANDARD
 CREATE = keys.BUDGET_CODEGEN_CREATE
+
+
 class BudgetExhausted(Exception):  # a signal to defer, not a failure
     """No request was made: wait ``wait`` seconds (budget spent, or cooling down)."""
 
@@ -80,6 +77,50 @@ class BudgetExhausted(Exception):  # a signal to defer, not a failure
         super().__init__(f"{reason}: wait {wait:.2f}s")
         self.wait = max(0.0, wait)
         self.reason = reason
+
+
+# --- one bucket at a time, never waiting ---------------------------------------------------
+
+
+class TokenBucket(Protocol):
+    spec: BucketSpec
+
+    def take(self, n: int = 1, *, reserve: float = 0.0) -> Grant:
+        """Take ``n`` tokens if at least ``reserve`` stay in the bucket; never blocks."""
+
+    def peek(self) -> float:
+        """Tokens in the bucket now (nothing taken)."""
+
+
+class _OneBucket:
+    """One bucket of a ``Buckets`` store, taken without waiting."""
+
+    def __init__(self, store: Buckets, key: str, spec: BucketSpec) -> None:
+        self.spec = spec
+        self.key = key
+        self._store = store
+
+    def take(self, n: int = 1, *, reserve: float = 0.0) -> Grant:
+        if n < 1:
+            raise ValueError(f"take at least one token, got {n}")
+        return self._store.take([self.key], [self.spec], [n], reserve=reserve)
+
+    def peek(self) -> float:
+        return self._store.take([self.key], [self.spec], [0]).tokens
+
+
+class RedisTokenBucket(_OneBucket):
+    """A bucket in Redis, shared by every process that names the same key."""
+
+    def __init__(self, client: Any, key: str, spec: BucketSpec) -> None:
+        super().__init__(RedisBuckets(client), key, spec)
+
+
+class MemoryTokenBucket(_OneBucket):
+    """The same bucket inside one process (embedded mode, tests)."""
+
+    def __init__(self, spec: BucketSpec, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(MemoryBuckets(clock), "bucket", spec)
 
 
 @dataclass(frozen=True)

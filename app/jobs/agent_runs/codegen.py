@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.codegen import AgentRun, AgentRunLogs, AgentRunPage, CodegenClient, RepoPage, RepoResolver
 from app.codegen.client import MAX_PAGE_SIZE
-from app.core.buckets import TokenBucket
-from app.core.budget import BudgetExhausted, CodegenBudget, get_codegen_budget
+from app.core.budget import BudgetExhausted, CodegenBudget, TokenBucket, get_codegen_budget
 from app.core.cooldown import CooldownStore, credential_digest, get_cooldowns
 from app.core.errors import ProviderNotConfiguredError, ProviderRateLimitError
 from app.jobs.agent_runs.schedule import ListPositions
