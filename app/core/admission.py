@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.config import parse_rate_limits
+from app.config import RATE_LIMITED_PROVIDERS, parse_rate_limits
 from app.core import keys
 from app.core.buckets import UNLIMITED_SPEC, Buckets, BucketSpec, Learned, MemoryBuckets
 from app.core.keys import redis_url_for
@@ -85,10 +85,12 @@ class Ticket:
 
     def detail(self) -> str:
         """Why the call waits, for the attempt's ``detail``."""
+        parts = self.name.split(":")  # provider, key digest[, model]
+        what = " ".join(parts[:1] + parts[2:])
         slot = "a slot is reserved for it" if self.held else "nothing reserved yet"
         return (
-            f"not called: the rate window of {self.name.split(':')[0]} (shared by every "
-            f"worker) has room in {self.wait:.2f} s; {slot}"
+            f"not called: the rate window of {what} (shared by every worker) has room in "
+            f"{self.wait:.2f} s; {slot}"
         )
 
 
@@ -107,8 +109,9 @@ class _Config:
 
     def specs(self, provider: str, model: str | None) -> tuple[BucketSpec, BucketSpec] | None:
         pair = self.limits.get(f"{provider}:{model}") or self.limits.get(provider)
-        if pair is None:
-            return (UNLIMITED_SPEC, UNLIMITED_SPEC) if self.learn else None
+        if pair is None:  # only learned limits, from providers that send them
+            learns = self.learn and provider in RATE_LIMITED_PROVIDERS
+            return (UNLIMITED_SPEC, UNLIMITED_SPEC) if learns else None
         return self.spec(pair[0]), self.spec(pair[1])
 
 

@@ -204,7 +204,7 @@ def test_admit_and_settle_through_the_settings(redis_url: str) -> None:
                                max_wait=0).wait == 0  # fmt: skip
         d = admission.admit("openai:d:tiny", "openai", "tiny", "j5", 1, settings, max_wait=100)
         assert d.held and d.wait == pytest.approx(60, abs=1)
-        assert "slot is reserved" in d.detail()
+        assert "rate window of openai tiny" in d.detail() and "slot is reserved" in d.detail()
     finally:
         admission.reset_admission()
 
@@ -214,6 +214,9 @@ def test_nothing_configured_and_not_learning_checks_nothing() -> None:
     ticket = admission.admit("openai:d:m", "openai", "m", "j", 10, settings, max_wait=0)
     assert ticket.wait == 0 and not ticket.checked
     admission.settle(ticket, settings, used_tokens=5)  # nothing to settle
+    # A provider that sends no x-ratelimit-* headers has nothing to learn from.
+    other = admission.admit("flaky:d", "flaky", None, "j", 10, load_settings(), max_wait=0)
+    assert not other.checked
 
 
 def test_learned_limits_from_the_headers() -> None:

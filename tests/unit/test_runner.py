@@ -362,3 +362,17 @@ def test_a_full_rate_window_defers_to_a_reserved_slot_without_spending_retries(
     assert job.status == JobStatus.FAILED and job.error_type == "ProviderRateLimitError"
     assert "rate window" in (job.error_message or "")
     assert len(openai_env.chat_requests()) == 3
+
+
+def test_limits_learned_from_the_headers_hold_back_the_next_calls(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer
+) -> None:
+    """Nothing configured: the fake's x-ratelimit-* headers (5 requests a minute) are
+    learned from the first answer, and the third call waits for its slot."""
+    openai_env.rate_limit_requests = 5
+    jobs = [submit(f"job {n}") for n in range(3)]
+    assert [run_job(j.id).action for j in jobs[:2]] == ["done", "done"]
+    third = run_job(jobs[2].id)
+    assert third.action == "retry" and (third.countdown or 0) > 5  # 4 more per 61 s
+    assert get_attempts(jobs[2].id)[-1].outcome == "deferred"
+    assert openai_env.rate_limited == 0 and len(openai_env.chat_requests()) == 2
