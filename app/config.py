@@ -130,6 +130,24 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="answer tokens a spend budget reserves for a job without max_tokens",
     )
+    # Admission (app.core.admission): calls reserve from windows shared by every worker.
+    aiw_rate_limits: str = Field(
+        "",
+        description="requests and tokens per minute, e.g."
+        " 'openai=500rpm,200000tpm;openai:gpt-4o-mini=60rpm,20000tpm'",
+    )
+    aiw_rate_learn: bool = Field(
+        True, description="follow the x-ratelimit-* headers of the answers (learned limits)"
+    )
+    aiw_rate_window: float = Field(
+        60.0, gt=0, description="seconds of the providers' 'minute' (tests shrink it)"
+    )
+    aiw_rate_burst: float = Field(
+        0.1, gt=0, lt=1, description="share of a limit let through at once"
+    )
+    aiw_rate_margin: float = Field(
+        1.0, ge=0, description="seconds added to each window for request latency"
+    )
 
     # --- Jobs and workers -----------------------------------------------------------
     aiw_max_countdown: float = Field(
@@ -299,6 +317,12 @@ class Settings(BaseSettings):
         parse_tag_caps(value)
         return value
 
+    @field_validator("aiw_rate_limits")
+    @classmethod
+    def _rate_limits(cls, value: str) -> str:
+        parse_rate_limits(value)
+        return value
+
     @field_validator("aiw_webhook_retry_schedule")
     @classmethod
     def _schedule(cls, value: str) -> str:
@@ -398,6 +422,48 @@ def parse_tag_caps(value: str) -> dict[str, int]:
             raise ValueError(f"tag {tag!r} is capped twice")
         caps[tag] = cap
     return caps
+
+
+#: Providers whose calls are admitted by AIW_RATE_LIMITS (Codegen: CODEGEN_RATE_*).
+RATE_LIMITED_PROVIDERS = ("openai",)
+_RATE_UNITS = {"rpm": 0, "tpm": 1}
+
+
+def parse_rate_limits(value: str) -> dict[str, tuple[int | None, int | None]]:
+    """``"openai=500rpm,200000tpm;openai:gpt-4o=60rpm"`` -> ``{"openai": (500, 200000),
+    "openai:gpt-4o": (60, None)}``: requests and tokens per minute of a provider (the
+    default of each of its models) or of one model."""
+    limits: dict[str, tuple[int | None, int | None]] = {}
+    for entry in value.split(";"):
+        if not entry.strip():
+            continue
+        name, sep, spec = (part.strip() for part in entry.partition("="))
+        provider, _, model = name.partition(":")
+        if not sep or not spec:
+            raise ValueError(f"{entry.strip()!r}: write <provider>[:<model>]=<n>rpm,<n>tpm")
+        if provider not in RATE_LIMITED_PROVIDERS:
+            raise ValueError(
+                f"{entry.strip()!r}: unknown provider {provider!r} (known: "
+                f"{', '.join(RATE_LIMITED_PROVIDERS)}; Codegen's are CODEGEN_RATE_*)"
+            )
+        if ":" in name and not model:
+            raise ValueError(f"{entry.strip()!r}: empty model name after ':'")
+        if name in limits:
+            raise ValueError(f"{name!r} is given twice")
+        pair: list[int | None] = [None, None]
+        for item in spec.split(","):
+            item = item.strip().lower()
+            unit = item[-3:]
+            if unit not in _RATE_UNITS or not item[:-3].strip().isdigit():
+                raise ValueError(f"{entry.strip()!r}: {item!r} is not <n>rpm or <n>tpm")
+            if pair[_RATE_UNITS[unit]] is not None:
+                raise ValueError(f"{entry.strip()!r}: {unit} is given twice")
+            number = int(item[:-3])
+            if number < 1:
+                raise ValueError(f"{entry.strip()!r}: {item!r} must be at least 1")
+            pair[_RATE_UNITS[unit]] = number
+        limits[name] = (pair[0], pair[1])
+    return limits
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -68,6 +68,8 @@ EMBEDDED_DATABASE_LIMITS: tuple[str, ...] = (
 )
 NO_REDIS_LIMITS: tuple[str, ...] = (
     "provider cooldowns after a 429 are per worker process (no Redis to share them)",
+    "rate limits (AIW_RATE_LIMITS, and those learned from the answers) are per worker "
+    "process: N processes together may reach N times the limit",
 )
 
 Shape = Literal["embedded", "production", "mixed"]

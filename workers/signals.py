@@ -21,6 +21,7 @@ from celery.signals import (
 )
 
 from app.config import get_settings
+from app.core.admission import reset_admission
 from app.core.cooldown import reset_cooldowns
 from app.core.redact import install_log_redaction
 from app.db.heartbeat import get_heartbeat
@@ -47,6 +48,7 @@ def _fresh_process(**_: Any) -> None:
     dispose_engines()
     reset_providers()
     reset_cooldowns()
+    reset_admission()
 
 
 @worker_process_shutdown.connect

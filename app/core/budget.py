@@ -15,8 +15,9 @@ first, so together they never go past the limit by themselves:
   starts that cooldown for everyone (the names the gateway uses:
   ``codegen-runs:<digest>`` and ``codegen-create:<digest>``).
 
-The buckets live in Redis (``REDIS_URL``, else a ``redis://`` broker URL), one hash
-per bucket, updated atomically by one Lua script (``TAKE_SCRIPT``) that reads the
+The buckets are ``app.core.buckets``' (the one mechanism behind every rate limit,
+here with Codegen's fixed numbers), in Redis (``REDIS_URL``, else a ``redis://``
+broker URL), one hash per bucket, updated atomically by one Lua script that reads the
 Redis server's clock, so the workers' own clocks do not matter:
 
 - ``aiw:budget:codegen:standard:<digest>``: the standard endpoints (get, list, logs,
@@ -54,6 +55,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from app.core import keys
+from app.core.buckets import Buckets, BucketSpec, Grant, MemoryBuckets, RedisBuckets
 from app.core.cooldown import CooldownStore, credential_digest, get_cooldowns
 from app.core.errors import CodegenBudgetTimeoutError
 from app.core.keys import redis_client, redis_url_for
@@ -66,45 +68,6 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = keys.BUDGET
 STANDARD = keys.BUDGET_CODEGEN_STANDARD
 CREATE = keys.BUDGET_CODEGEN_CREATE
-#: The wait reported when the bucket store cannot be reached (nothing is granted then).
-UNREACHABLE_WAIT = 1.0
-
-#: KEYS[1] the bucket's hash. ARGV: capacity, rate (tokens/s), n (0 = look only),
-#: reserve (grant only if this many tokens stay), ttl (ms). Returns
-#: {granted (0 or n), wait (s, as a string), tokens left (as a string)}.
-TAKE_SCRIPT = """
-local capacity = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-local reserve = tonumber(ARGV[4])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local tokens = capacity
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-if state[1] and state[2] then
-  tokens = tonumber(state[1])
-  local last = tonumber(state[2])
-  if now > last then
-    tokens = math.min(capacity, tokens + (now - last) * rate)
-  else
-    now = last
-  end
-end
-local granted = 0
-local wait = 0
-if n > 0 then
-  if tokens - n >= reserve then
-    tokens = tokens - n
-    granted = n
-  else
-    wait = (n + reserve - tokens) / rate
-  end
-end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
-           'ts', string.format('%.6f', now))
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return {granted, string.format('%.6f', wait), string.format('%.6f', tokens)}
-"""
 
 
 class BudgetExhausted(Exception):  # a signal to defer, not a failure
@@ -116,40 +79,7 @@ class BudgetExhausted(Exception):  # a signal to defer, not a failure
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class BucketSpec:
-    """A bucket's shape: ``capacity`` tokens at most, ``rate`` new tokens a second."""
-
-    capacity: float
-    rate: float
-
-    def __post_init__(self) -> None:
-        if not self.capacity >= 1 or not self.rate > 0:
-            raise ValueError(f"a bucket needs capacity >= 1 and rate > 0, got {self}")
-
-    @classmethod
-    def for_window(cls, limit: int, window: float, burst: int, margin: float = 0.0) -> BucketSpec:
-        """The bucket that never lets more than ``limit`` through per ``window`` seconds."""
-        if not 0 < burst < limit:
-            raise ValueError(f"need 0 < burst < limit, got burst={burst}, limit={limit}")
-        return cls(capacity=float(burst), rate=(limit - burst) / (window + margin))
-
-    @property
-    def refill_seconds(self) -> float:
-        """Seconds an empty bucket takes to fill up."""
-        return self.capacity / self.rate
-
-
-@dataclass(frozen=True)
-class Grant:
-    """The answer of ``take``: ``granted`` tokens (0 or n), else ``wait`` seconds for them."""
-
-    granted: int
-    wait: float
-    tokens: float  # left in the bucket after this call
-
-    def __bool__(self) -> bool:
-        return self.granted > 0
+# --- one bucket at a time, never waiting ---------------------------------------------------
 
 
 class TokenBucket(Protocol):
@@ -162,70 +92,35 @@ class TokenBucket(Protocol):
         """Tokens in the bucket now (nothing taken)."""
 
 
-class RedisTokenBucket:
+class _OneBucket:
+    """One bucket of a ``Buckets`` store, taken without waiting."""
+
+    def __init__(self, store: Buckets, key: str, spec: BucketSpec) -> None:
+        self.spec = spec
+        self.key = key
+        self._store = store
+
+    def take(self, n: int = 1, *, reserve: float = 0.0) -> Grant:
+        if n < 1:
+            raise ValueError(f"take at least one token, got {n}")
+        return self._store.take([self.key], [self.spec], [n], reserve=reserve)
+
+    def peek(self) -> float:
+        return self._store.take([self.key], [self.spec], [0]).tokens
+
+
+class RedisTokenBucket(_OneBucket):
     """A bucket in Redis, shared by every process that names the same key."""
 
     def __init__(self, client: Any, key: str, spec: BucketSpec) -> None:
-        self.spec = spec
-        self.key = key
-        self._client = client
-        self._script = client.register_script(TAKE_SCRIPT)
-        self._ttl_ms = int((spec.refill_seconds + 1.0) * 1000)
-
-    def _call(self, n: int, reserve: float) -> Grant:
-        import redis
-
-        try:
-            granted, wait, tokens = self._script(
-                keys=[self.key],
-                args=[self.spec.capacity, self.spec.rate, n, reserve, self._ttl_ms],
-            )
-        except redis.RedisError as exc:
-            # No budget store, no budget: call nothing rather than risk 429s. The
-            # broker is usually the same Redis, so the worker is stalled anyway.
-            log.warning("budget %s unreachable (%s): nothing granted", self.key, exc)
-            return Grant(0, UNREACHABLE_WAIT, 0.0)
-        return Grant(int(granted), float(wait), float(tokens))
-
-    def take(self, n: int = 1, *, reserve: float = 0.0) -> Grant:
-        if n < 1:
-            raise ValueError(f"take at least one token, got {n}")
-        return self._call(n, reserve)
-
-    def peek(self) -> float:
-        return self._call(0, 0.0).tokens
+        super().__init__(RedisBuckets(client), key, spec)
 
 
-class MemoryTokenBucket:
+class MemoryTokenBucket(_OneBucket):
     """The same bucket inside one process (embedded mode, tests)."""
 
-    def __init__(self, spec: BucketSpec, clock: Any = time.monotonic) -> None:
-        self.spec = spec
-        self._clock = clock
-        self._tokens = spec.capacity
-        self._ts = clock()
-        self._lock = threading.Lock()
-
-    def _refill(self) -> None:
-        now = self._clock()
-        if now > self._ts:
-            self._tokens = min(self.spec.capacity, self._tokens + (now - self._ts) * self.spec.rate)
-            self._ts = now
-
-    def take(self, n: int = 1, *, reserve: float = 0.0) -> Grant:
-        if n < 1:
-            raise ValueError(f"take at least one token, got {n}")
-        with self._lock:
-            self._refill()
-            if self._tokens - n >= reserve:
-                self._tokens -= n
-                return Grant(n, 0.0, self._tokens)
-            return Grant(0, (n + reserve - self._tokens) / self.spec.rate, self._tokens)
-
-    def peek(self) -> float:
-        with self._lock:
-            self._refill()
-            return self._tokens
+    def __init__(self, spec: BucketSpec, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(MemoryBuckets(clock), "bucket", spec)
 
 
 @dataclass(frozen=True)

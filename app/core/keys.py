@@ -20,6 +20,11 @@ LEASE = "aiw:lease:"
 BUDGET = "aiw:budget:"
 BUDGET_CODEGEN_STANDARD = "codegen:standard"
 BUDGET_CODEGEN_CREATE = "codegen:create"
+#: ``aiw:admission:<provider>:<key digest>[:<model>]:requests`` / ``...:tokens``: the
+#: windows provider calls reserve from (``app.core.admission``).
+ADMISSION = "aiw:admission:"
+#: ``aiw:admission:hold:<job id>``: a job's reserved slot, until it comes back for it.
+ADMISSION_HOLD = "aiw:admission:hold:"
 
 
 def redis_url_for(settings: Settings) -> str | None:

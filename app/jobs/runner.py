@@ -14,9 +14,12 @@ while the provider thinks (the claim machine is ``app.db.claims``):
    finishes it when the run ends.
 3. **Call** any other provider once (``generate_once``; the retry loop of this path is
    the broker's), while the heartbeat keeps the claim's lease alive. A provider in a
-   shared cooldown is not called: the job is deferred until the cooldown ends. A spend
-   budget holds the call's estimate before it and its real cost after it
-   (``app.jobs.spend``); one that cannot admit it defers the job or fails it.
+   shared cooldown is not called: the job is deferred until the cooldown ends. Nor is
+   one whose shared rate window is full (``app.jobs.admission``): the job is deferred to
+   the slot reserved for it. Neither wait spends a retry; both count against
+   ``AIW_RATE_LIMIT_WAIT_MAX``. A spend budget holds the call's estimate before it and
+   its real cost after it (``app.jobs.spend``); one that cannot admit it defers the job
+   or fails it.
 4. **Record**, fenced by the claim token (``app.jobs.records``), durably: an answer
    in hand is recorded when the database is back, never asked again.
 
@@ -47,7 +50,7 @@ from app.db.claims import Outcome, claim_values, claimable, fenced, lease_until,
 from app.db.heartbeat import hold
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
 from app.db.session import database_url, get_hot_engine, session_scope
-from app.jobs import hotpath, records, remote, spend, tag_caps
+from app.jobs import admission, hotpath, records, remote, spend, tag_caps
 from app.jobs.records import Try
 from app.webhooks.events import emit_ai_request_finished, publish_deliveries
 
@@ -149,22 +152,16 @@ def _call(claim: _Claim, settings: Settings) -> Outcome:
     )
     waiting = _cooldown_remaining(cooldown_name, settings)
     if waiting > 0:
-        if records.waited(tried, utcnow()) + waiting > settings.aiw_rate_limit_wait_max:
-            # Waited out rate limits long enough: the reason it fails (or falls back).
-            cooling = ProviderRateLimitError(
-                f"{tried.provider} kept cooling down (a 429 shared by every worker)",
-                provider_name=tried.provider,
-                retry_after=waiting,
-            )
-            return record_durably(
-                lambda: _record(claim, provider, 0.0, None, cooling, settings),
-                what=f"job {tried.job_id}",
-            )
-        detail = (
-            f"not called: {tried.provider} cools down for {waiting:.2f} s "
+        why = f"{tried.provider} kept cooling down (a 429 shared by every worker)"
+        detail = f"not called: {tried.provider} cools down for {waiting:.2f} s " + (
             "(a 429 shared by every worker)"
         )
-        return _defer(claim, waiting, settings, detail, f"{tried.provider} cooling down")
+        return _wait_or_fail(claim, provider, waiting, why, detail, settings)
+    ticket = admission.admit_job(claim.tried, claim.request, cooldown_name, provider, settings)
+    if ticket.wait > 0:
+        why = f"{tried.provider}'s rate window (shared by every worker) kept being full"
+        return _wait_or_fail(claim, provider, ticket.wait, why, ticket.detail(), settings,
+                             jitter=not ticket.held)  # fmt: skip
     model = claim.request.model or provider.default_model or ""
     held = spend.reserve(tried, claim.request, model, list(claim.row["tags"] or []), settings)
     if held.refusal is not None:
@@ -184,6 +181,7 @@ def _call(claim: _Claim, settings: Settings) -> Outcome:
 
     if isinstance(error, ProviderRateLimitError):
         _start_cooldown(cooldown_name, provider.retry_policy.delay_for(error, 0), settings)
+    admission.settle_job(ticket, response, settings)
 
     def record() -> Outcome:
         return _record(claim, provider, latency, response, error, settings)
@@ -203,7 +201,9 @@ def _over_budget(
             lambda: _record(claim, provider, 0.0, None, error, settings),
             what=f"job {claim.tried.job_id}",
         )
-    return _defer(claim, refusal.wait, settings, refusal.detail, refusal.reason)
+    return _defer(
+        claim, refusal.wait, settings, detail=refusal.detail, reason=refusal.reason
+    )
 
 
 def _claimed_now(now: datetime, token: str) -> Any:
@@ -493,12 +493,44 @@ def _start_cooldown(name: str, seconds: float, settings: Settings) -> None:
         log.warning("cooldown store unreachable (%s); cooldown not shared", type(exc).__name__)
 
 
-def _defer(claim: _Claim, waiting: float, settings: Settings, detail: str, reason: str) -> Outcome:
-    """Give the claim back without calling (a cooldown, a spent budget): the job waits
-    ``waiting`` seconds; the attempt is ``deferred`` with ``detail``."""
+def _wait_or_fail(
+    claim: _Claim,
+    provider: AIProvider,
+    waiting: float,
+    why: str,
+    detail: str,
+    settings: Settings,
+    *,
+    jitter: bool = True,
+) -> Outcome:
+    """The call must wait ``waiting`` s (a cooldown, a full rate window): defer the job,
+    unless it has waited out rate limits for ``AIW_RATE_LIMIT_WAIT_MAX`` already."""
+    tried = claim.tried
+    if records.waited(tried, utcnow()) + waiting > settings.aiw_rate_limit_wait_max:
+        # Waited out rate limits long enough: the reason it fails (or falls back).
+        error = ProviderRateLimitError(why, provider_name=tried.provider, retry_after=waiting)
+        return record_durably(
+            lambda: _record(claim, provider, 0.0, None, error, settings),
+            what=f"job {tried.job_id}",
+        )
+    return _defer(claim, waiting, settings, detail=detail, jitter=jitter)
+
+
+def _defer(
+    claim: _Claim,
+    waiting: float,
+    settings: Settings,
+    *,
+    detail: str,
+    reason: str | None = None,
+    jitter: bool = True,
+) -> Outcome:
+    """Give the claim back without calling the provider (a cooldown, a full rate window,
+    a spent budget); the job comes back in ``waiting`` s (plus a little, with
+    ``jitter``, to spread a herd); the attempt is ``deferred`` with ``detail``."""
     now = utcnow()
     tried = claim.tried
-    delay = waiting + random.uniform(0, min(1.0, waiting * 0.1))  # spread the herd
+    delay = waiting + (random.uniform(0, min(1.0, waiting * 0.1)) if jitter else 0.0)
     values, action, countdown = records.wait_values(delay, now, settings)
 
     def record() -> Outcome:
@@ -526,7 +558,7 @@ def _defer(claim: _Claim, waiting: float, settings: Settings, detail: str, reaso
             action,
             JobStatus.WAITING,
             countdown=countdown,
-            reason=reason,
+            reason=reason or f"{tried.provider} waits {waiting:.2f} s (rate limits)",
         )
 
     return record_durably(record, what=f"job {tried.job_id}")

@@ -28,7 +28,13 @@ What it does, as the real API does:
   expects), ``content`` null and ``finish_reason`` ``"tool_calls"``.
 - Model ``tiny-context`` has a context window of ``TINY_CONTEXT`` (50) tokens; a
   longer prompt gets 400 ``context_length_exceeded``.
-- Every answer carries ``x-request-id`` and the ``x-ratelimit-*`` headers.
+- Every answer carries ``x-request-id`` and the ``x-ratelimit-*`` headers, and the
+  limits are enforced: ``rate_limit_requests`` and ``rate_limit_tokens`` per
+  ``rate_limit_window`` seconds (sliding; the usage of a chat completion counts when it
+  arrives), past them a 429 ``rate_limit_exceeded`` with ``retry-after-ms``
+  (``rate_limited`` counts them). A test scales the minute down by setting the window
+  (e.g. 6 s) and keeping the per-minute numbers: the same requests and tokens per window,
+  the same headers, only a faster clock.
 - ``GET /v1/models`` and ``GET /v1/models/{id}``.
 - ``Fault.huge_body`` answers a chat completion whose content is the filler.
 - Status faults (``srv.faults``) answer in OpenAI's error shape; see ``fault_reply``,
@@ -41,6 +47,7 @@ import json
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -204,11 +211,15 @@ class FakeOpenAIServer(FakeServer):
         # True: a wrong key's 401 echoes the key verbatim in every field of the error
         # (message, type, code, param) and in x-request-id, as some proxies do.
         self.echo_key_in_errors = False
+        # Rate limits, enforced over a sliding window of ``rate_limit_window`` seconds
+        # (a "minute"; tests shrink it): a chat completion that would make more than
+        # ``rate_limit_requests`` requests or ``rate_limit_tokens`` tokens (its usage,
+        # counted when it arrives) in the window is answered 429.
         self.rate_limit_requests = 10_000
         self.rate_limit_tokens = 2_000_000
-        self._window_start = time.time()
-        self._window_requests = 0
-        self._window_tokens = 0
+        self.rate_limit_window = 60.0
+        self.rate_limited = 0  # 429s answered for the limits (not faults)
+        self._log: deque[tuple[float, int]] = deque()  # (arrival, tokens) in the window
         self._rl_lock = threading.Lock()
         self.created = int(time.time())
 
@@ -234,34 +245,63 @@ class FakeOpenAIServer(FakeServer):
     def _request_id(self) -> str:
         return f"req_{uuid.uuid4().hex}"
 
-    def _headers(self, tokens: int = 0) -> dict[str, str]:
+    def _expire(self, now: float) -> None:
+        while self._log and self._log[0][0] <= now - self.rate_limit_window:
+            self._log.popleft()
+
+    def _over_limit(self, tokens: int) -> Reply | None:
+        """Count a chat completion of ``tokens`` in the window, or answer 429 (the
+        real API's body, ``retry-after-ms`` until the window has room)."""
         with self._rl_lock:
-            now = time.time()
-            if now - self._window_start >= 60:
-                self._window_start = now
-                self._window_requests = 0
-                self._window_tokens = 0
-            self._window_requests += 1
-            self._window_tokens += tokens
-            remaining_requests = max(0, self.rate_limit_requests - self._window_requests)
-            remaining_tokens = max(0, self.rate_limit_tokens - self._window_tokens)
-            reset = max(0.001, 60 - (now - self._window_start))
-        used_requests = self.rate_limit_requests - remaining_requests
-        used_tokens = self.rate_limit_tokens - remaining_tokens
+            now = time.monotonic()
+            self._expire(now)
+            used = sum(t for _, t in self._log)
+            if len(self._log) + 1 > self.rate_limit_requests:
+                what, limit, count, asked = "requests", self.rate_limit_requests, len(self._log), 1
+                room = self._log[len(self._log) - self.rate_limit_requests][0]
+            elif used + tokens > self.rate_limit_tokens:
+                what, limit, count, asked = "tokens", self.rate_limit_tokens, used, tokens
+                freed, room = 0, now
+                for at, spent in self._log:
+                    freed += spent
+                    room = at
+                    if used - freed + tokens <= self.rate_limit_tokens:
+                        break
+            else:
+                self._log.append((now, tokens))
+                return None
+            self.rate_limited += 1
+            wait = max(0.001, room + self.rate_limit_window - now)
+        unit = "RPM" if what == "requests" else "TPM"
+        body = openai_error(
+            f"Rate limit reached on {what} per min ({unit}): Limit {limit}, Used {count}, "
+            f"Requested {asked}. Please try again in {_format_reset(wait)}.",
+            type=what,
+            code="rate_limit_exceeded",
+        )
+        headers = {**self._headers(), "retry-after-ms": str(max(1, round(wait * 1000)))}
+        return Reply(429, body, headers)
+
+    def _headers(self) -> dict[str, str]:
+        with self._rl_lock:
+            now = time.monotonic()
+            self._expire(now)
+            count = len(self._log)
+            used_tokens = sum(t for _, t in self._log)
+            newest = self._log[-1][0] if self._log else now
+        remaining_requests = max(0, self.rate_limit_requests - count)
+        remaining_tokens = max(0, self.rate_limit_tokens - used_tokens)
+        reset = max(0.001, self.rate_limit_window - (now - newest)) if count else 0.001
         return {
             "x-request-id": self._request_id(),
             "openai-processing-ms": "1",
             "openai-version": "2020-10-01",
             "x-ratelimit-limit-requests": str(self.rate_limit_requests),
             "x-ratelimit-remaining-requests": str(remaining_requests),
-            "x-ratelimit-reset-requests": _format_reset(
-                reset * used_requests / max(1, self.rate_limit_requests)
-            ),
+            "x-ratelimit-reset-requests": _format_reset(reset),
             "x-ratelimit-limit-tokens": str(self.rate_limit_tokens),
             "x-ratelimit-remaining-tokens": str(remaining_tokens),
-            "x-ratelimit-reset-tokens": _format_reset(
-                reset * used_tokens / max(1, self.rate_limit_tokens)
-            ),
+            "x-ratelimit-reset-tokens": _format_reset(reset),
         }
 
     def _error(
@@ -514,7 +554,10 @@ class FakeOpenAIServer(FakeServer):
                     "rejected_prediction_tokens": 0,
                 }
             answer["usage"] = usage
-        return Reply(200, answer, self._headers(prompt_tokens + completion_tokens * n))
+        over = self._over_limit(prompt_tokens + completion_tokens * n)
+        if over is not None:
+            return over
+        return Reply(200, answer, self._headers())
 
     @staticmethod
     def _forced_tool(body: dict[str, Any]) -> str | None:

@@ -34,6 +34,7 @@ from app.core.cooldown import credential_digest, get_cooldowns, reset_cooldowns
 from app.core.errors import AIProviderError, CodegenBudgetExhaustedError, CodegenBudgetTimeoutError
 from app.core.retry import RetryPolicy
 from tests.plugins.codegen_fake import ManualClock
+from tests.plugins.services import TEST_REDIS_DBS
 
 
 def most_in_any_window(times: Sequence[float], window: float) -> int:
@@ -324,12 +325,13 @@ def test_the_digest_and_cooldown_names_are_the_workers_ones() -> None:
     )
 
 
-REDIS9 = "redis://127.0.0.1:6379/9"
+# The second of the tests' own Redis dbs (AIW_TEST_REDIS_DBS), never a fixed number.
+REDIS9 = f"redis://127.0.0.1:6379/{TEST_REDIS_DBS[1]}"
 
 
 @pytest.fixture
 def redis9() -> Iterator[redis.Redis]:
-    """Redis db 9, flushed before and after (the integration tests own 11 and 12)."""
+    """The tests' second Redis db, flushed before and after."""
     client = redis.Redis.from_url(REDIS9, socket_connect_timeout=2)
     try:
         client.ping()

@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 
 from app.ai.base import AIProvider, AIRequest, AIResponse
 from app.ai.factory import register_provider, unregister_provider
+from app.core.admission import reset_admission
 from app.core.cooldown import reset_cooldowns
 from app.core.publisher import set_publisher
 from app.db.base import utcnow
@@ -71,10 +72,12 @@ def published(migrated_sqlite_url: str, env: Any) -> Any:
     set_publisher(publisher)
     reset_providers()
     reset_cooldowns()
+    reset_admission()
     yield publisher
     set_publisher(None)
     reset_providers()
     reset_cooldowns()
+    reset_admission()
     dispose_engines()
 
 
@@ -333,3 +336,47 @@ def test_429s_spend_no_retries_only_the_waiting_budget_ends_the_job(
     job = get_job(stubborn.id)
     assert job.status == JobStatus.FAILED and job.error_type == "ProviderRateLimitError"
     assert "AIW_RATE_LIMIT_WAIT_MAX=3" in (job.error_message or "")
+
+
+def test_a_full_rate_window_defers_to_a_reserved_slot_without_spending_retries(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer, env: Any
+) -> None:
+    # 2 requests per 1 s window: one at once, then one a second (no Redis: in process).
+    env(AIW_RATE_LIMITS="openai=2rpm", AIW_RATE_WINDOW=1, AIW_RATE_MARGIN=0.2)
+    first, second = submit("one"), submit("two")
+    assert run_job(first.id).action == "done"
+    waits = run_job(second.id)
+    assert waits.action == "retry" and 0.5 < (waits.countdown or 0) <= 1.2
+    deferred = get_attempts(second.id)[-1]
+    assert deferred.outcome == "deferred" and "a slot is reserved" in (deferred.detail or "")
+    assert len(openai_env.chat_requests()) == 1  # not called
+    time.sleep(waits.countdown or 0)
+    assert run_job(second.id).action == "done"  # its slot: no second wait
+    with session_scope() as s:
+        row = s.get(AIRequestRow, second.id)
+        assert row is not None and row.retries_on_provider == 0
+    assert [a.outcome for a in get_attempts(second.id)] == ["deferred", "succeeded"]
+    # A slot further than the job may still wait (AIW_RATE_LIMIT_WAIT_MAX): it fails so.
+    env(AIW_RATE_LIMIT_WAIT_MAX=0.5)
+    time.sleep(1.3)  # the window has room again
+    assert run_job(submit("three").id).action == "done"
+    late = submit("four")
+    drive(late.id)
+    job = get_job(late.id)
+    assert job.status == JobStatus.FAILED and job.error_type == "ProviderRateLimitError"
+    assert "rate window" in (job.error_message or "")
+    assert len(openai_env.chat_requests()) == 3
+
+
+def test_limits_learned_from_the_headers_hold_back_the_next_calls(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer
+) -> None:
+    """Nothing configured: the fake's x-ratelimit-* headers (5 requests a minute) are
+    learned from the first answer, and the third call waits for its slot."""
+    openai_env.rate_limit_requests = 5
+    jobs = [submit(f"job {n}") for n in range(3)]
+    assert [run_job(j.id).action for j in jobs[:2]] == ["done", "done"]
+    third = run_job(jobs[2].id)
+    assert third.action == "retry" and (third.countdown or 0) > 5  # 4 more per 61 s
+    assert get_attempts(jobs[2].id)[-1].outcome == "deferred"
+    assert openai_env.rate_limited == 0 and len(openai_env.chat_requests()) == 2
