@@ -280,3 +280,16 @@ def test_credentials_in_a_base_url_are_refused(env) -> None:  # type: ignore[no-
         get_settings()
     assert "OPENAI_BASE_URL" in str(info.value)
     assert "pw-secret" not in str(info.value)
+
+
+def test_success_rate_is_a_number_before_the_first_call(
+    both: tuple[FakeOpenAIServer, FakeCodegenServer],
+) -> None:
+    """The seed's samples format it (f"{rate:.2%}") on a provider that has asked nothing."""
+    chain = create_ai_provider()
+    assert isinstance(chain, ProviderChain)
+    for stats in (chain.get_stats(), *(p.get_stats() for p in chain.providers)):
+        assert stats["request_count"] == 0 and stats["success_rate"] == 0.0
+    chain.generate_response("hi")
+    assert chain.get_stats()["success_rate"] == 1.0
+
