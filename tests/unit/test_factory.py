@@ -293,3 +293,25 @@ def test_success_rate_is_a_number_before_the_first_call(
     chain.generate_response("hi")
     assert chain.get_stats()["success_rate"] == 1.0
 
+
+def test_seed_shaped_status_for_graph_sitter_ai_providers(
+    codegen_env: FakeCodegenServer, env: Any
+) -> None:
+    """What graph_sitter.ai.providers.get_provider_status answers (no graph-sitter needed)."""
+    from app.integrations.graph_sitter_providers import get_provider_status as seed_status
+
+    health = seed_status()
+    assert set(health) == {"codegen", "openai"}
+    assert health["codegen"]["is_available"] is True and "error" not in health["codegen"]
+    assert health["codegen"]["valid"] is True  # checked: a health check
+    assert health["openai"] == {
+        **get_provider_status()["providers"]["openai"],
+        "is_available": False,
+        "error": "not configured (set OPENAI_API_KEY)",
+    }
+    env(CODEGEN_TOKEN="refused")
+    assert seed_status()["codegen"]["error"] == "credentials refused"
+    assert seed_status(validate=False)["codegen"]["is_available"] is True  # settings only
+    env(CODEGEN_BASE_URL="http://127.0.0.1:45999")  # nothing listens: cannot be checked
+    refused = seed_status()["codegen"]
+    assert refused["error"] == f"credentials could not be checked ({refused['error_type']})"
