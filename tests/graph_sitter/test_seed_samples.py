@@ -1,7 +1,8 @@
 """The seed document's Python samples, run as written with the integration switched on.
 
-The samples are read from the document itself (``SEED``: every ```python block, in
-order, numbered from 1) and run as ``aiw-graph-sitter run sample.py`` runs a script
+The samples are read from the document itself (``SEED``, a verbatim copy of
+``shared/reference/000_0a14e9dd85055f97.txt``: every ```python block, in order,
+numbered from 1) and run as ``aiw-graph-sitter run sample.py`` runs a script
 (``graph_sitter_run.run``: ``install()``, then the file as ``__main__``), in a small git
 repository as the working directory (``Codebase(".")``), against the fake OpenAI and
 Codegen servers over HTTP. Samples 9 and 10 run in a fresh Python through the
@@ -39,12 +40,10 @@ from app.sandbox.codegen_server import FakeCodegenServer
 from app.sandbox.openai_server import FakeOpenAIServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SEED = Path("/work/shared/reference/000_0a14e9dd85055f97.txt")
-if not SEED.is_file():  # a checkout with shared/ next to it
-    SEED = REPO_ROOT.parent / "shared" / "reference" / SEED.name
+#: The seed document, verbatim (a copy of shared/reference/'s, checked below).
+SEED = Path(__file__).with_name("seed") / "000_0a14e9dd85055f97.txt"
+SHARED_SEED = REPO_ROOT.parent / "shared" / "reference" / SEED.name
 README = REPO_ROOT / "README.md"
-
-pytestmark = pytest.mark.skipif(not SEED.is_file(), reason=f"the seed document is not at {SEED}")
 
 #: What each fragment uses without defining it, and where it comes from.
 PRELUDES = {
@@ -112,6 +111,11 @@ def run_sample(
 def only_run(fake: FakeCodegenServer) -> dict[str, Any]:
     [run_id] = fake.run_ids()
     return fake.run_request(run_id)
+
+
+@pytest.mark.skipif(not SHARED_SEED.is_file(), reason="no shared/reference next to the checkout")
+def test_the_copy_is_the_seed_document() -> None:
+    assert SEED.read_bytes() == SHARED_SEED.read_bytes()
 
 
 def test_the_document_has_ten_python_samples() -> None:
