@@ -233,7 +233,9 @@ class ProviderStats:
                 "success_count": n - self.error_count,
                 "error_count": self.error_count,
                 "errors_by_type": dict(self.errors_by_type),
-                "success_rate": (n - self.error_count) / n if n else None,
+                # 0.0 before the first call, never None: the seed's samples format it
+                # (f"{rate:.2%}"); request_count == 0 tells "no calls" apart.
+                "success_rate": (n - self.error_count) / n if n else 0.0,
                 "average_response_time": self._latency_sum / self._latency_n
                 if self._latency_n
                 else None,

@@ -274,7 +274,7 @@ class CodegenProvider(AIProvider):
         """``get_stats()`` plus the agent runs, by Codegen status. A JSON-able dict.
 
         Every key of ``get_stats()`` (``success_rate`` there is the share of calls that
-        answered), and:
+        answered, 0.0 before the first call), and:
 
         - ``task_count``: agent runs counted, each once: those this provider started in
           this process and those tracked in the database (``agent_runs``, the workers'

@@ -245,7 +245,7 @@ class ProviderChain(AIProvider):
             "provider_name": self.name,
             "request_count": total,
             "error_count": errors,
-            "success_rate": (total - errors) / total if total else None,
+            "success_rate": (total - errors) / total if total else 0.0,  # as ProviderStats
             "cost_usd": sum(s["cost_usd"] for s in per),
             "providers": {s["provider_name"]: s for s in per},
         }
@@ -290,6 +290,7 @@ def create_ai_provider(
         return provider
 
     names = automatic_order(prefer_codegen, settings)
+    log.debug("automatic choice: configured %s (prefer_codegen=%s)", names, prefer_codegen)
     if not names:
         raise ProviderUnavailableError(
             "no AI provider has credentials: set OPENAI_API_KEY, or CODEGEN_TOKEN and "
@@ -315,6 +316,7 @@ def create_ai_provider(
         raise ProviderUnavailableError(
             f"no AI provider is usable: {', '.join(names)} failed credential validation"
         )
+    log.debug("chosen: %s", [p.name for p in usable])
     if len(usable) == 1:
         return usable[0]
     return ProviderChain(usable, settings=settings)

@@ -11,6 +11,8 @@ Existing scripts, unchanged::
 
 Without touching the script at all: ``aiw-graph-sitter run script.py`` (or the
 ``AIW_GRAPH_SITTER=1`` environment switch, see ``app.integrations.graph_sitter_run``).
+Installed, the seed document's imports work too: ``graph_sitter.ai.providers`` and
+``graph_sitter.ai.client.get_ai_client`` (``app.integrations.graph_sitter_names``).
 
 What stays exactly graph-sitter's: the system prompt (graph-sitter's own
 ``generate_system_prompt(target, context)``, so the target's ``extended_source``
@@ -255,6 +257,7 @@ class _Router:
         last: AIProviderError | None = None
         for provider in self.chain().providers:
             chat = takes_tools(provider)
+            log.debug("codebase.ai: asking %s (tools: %s)", provider.name, chat)
             try:
                 response = provider.generate_response(
                     request.prompt,
@@ -324,7 +327,9 @@ def install(
     timeout: float | None = None,
     max_retries: int | None = None,
 ) -> None:
-    """Route every ``Codebase.ai(...)`` through the provider layer.
+    """Route every ``Codebase.ai(...)`` through the provider layer, and make the seed
+    document's ``graph_sitter.ai.providers`` and ``graph_sitter.ai.client.get_ai_client``
+    importable (``app.integrations.graph_sitter_names``).
 
     The options are ``create_ai_provider``'s: ``provider`` forces one (no fallback);
     ``prefer_codegen`` defaults to ``PREFER_CODEGEN``. Nothing is created or called
@@ -337,6 +342,7 @@ def install(
     from app.ai.base import check_max_retries, check_timeout
     from app.ai.factory import provider_names
     from app.core.errors import UnknownProviderError
+    from app.integrations.graph_sitter_names import mount
 
     check_timeout(timeout)
     check_max_retries(max_retries)
@@ -353,17 +359,22 @@ def install(
         original = getattr(current, "__aiw_original__", current)
         codebase_cls.ai = _make_ai(original)
         _installed = _Installed(original, _Router(options))
+        mount()  # graph_sitter.ai.providers, graph_sitter.ai.client.get_ai_client
     log.info("graph-sitter Codebase.ai now goes through the ai-worker provider layer")
 
 
 def uninstall() -> None:
-    """Give ``Codebase.ai`` back its original method. Does nothing if not installed."""
+    """Give ``Codebase.ai`` back its original method and take away the seed's
+    ``graph_sitter.ai`` names. Does nothing if not installed."""
     global _installed
+    from app.integrations.graph_sitter_names import unmount
+
     with _install_lock:
         if _installed is None:
             return
         graph_sitter_api().Codebase.ai = _installed.original
         _installed = None
+        unmount()
 
 
 def is_installed() -> bool:

@@ -141,21 +141,23 @@ def disable_hook() -> bool:
 # --- the launcher ------------------------------------------------------------------------
 
 
-def run(target: str, args: Sequence[str], *, module: bool = False, **install_options: Any) -> None:
-    """Run a script (or ``-m`` module) as ``__main__`` with ``install()`` in effect."""
+def run(
+    target: str, args: Sequence[str], *, module: bool = False, **install_options: Any
+) -> dict[str, Any]:
+    """Run a script (or ``-m`` module) as ``__main__`` with ``install()`` in effect.
+    Returns the globals the script ended with."""
     from app.integrations.graph_sitter import install
 
     install(**install_options)
     if module:
         sys.argv = [target, *args]
-        runpy.run_module(target, run_name="__main__", alter_sys=True)
-        return
+        return runpy.run_module(target, run_name="__main__", alter_sys=True)
     script = Path(target)
     if not script.is_file():
         raise SystemExit(f"aiw-graph-sitter: no such script: {target}")
     sys.argv = [target, *args]
     sys.path.insert(0, str(script.resolve().parent))
-    runpy.run_path(str(script), run_name="__main__")
+    return runpy.run_path(str(script), run_name="__main__")
 
 
 USAGE = """\

@@ -280,3 +280,38 @@ def test_credentials_in_a_base_url_are_refused(env) -> None:  # type: ignore[no-
         get_settings()
     assert "OPENAI_BASE_URL" in str(info.value)
     assert "pw-secret" not in str(info.value)
+
+
+def test_success_rate_is_a_number_before_the_first_call(
+    both: tuple[FakeOpenAIServer, FakeCodegenServer],
+) -> None:
+    """The seed's samples format it (f"{rate:.2%}") on a provider that has asked nothing."""
+    chain = create_ai_provider()
+    assert isinstance(chain, ProviderChain)
+    for stats in (chain.get_stats(), *(p.get_stats() for p in chain.providers)):
+        assert stats["request_count"] == 0 and stats["success_rate"] == 0.0
+    chain.generate_response("hi")
+    assert chain.get_stats()["success_rate"] == 1.0
+
+
+def test_seed_shaped_status_for_graph_sitter_ai_providers(
+    codegen_env: FakeCodegenServer, env: Any
+) -> None:
+    """What graph_sitter.ai.providers.get_provider_status answers (no graph-sitter needed)."""
+    from app.integrations.graph_sitter_providers import get_provider_status as seed_status
+
+    health = seed_status()
+    assert set(health) == {"codegen", "openai"}
+    assert health["codegen"]["is_available"] is True and "error" not in health["codegen"]
+    assert health["codegen"]["valid"] is True  # checked: a health check
+    assert health["openai"] == {
+        **get_provider_status()["providers"]["openai"],
+        "is_available": False,
+        "error": "not configured (set OPENAI_API_KEY)",
+    }
+    env(CODEGEN_TOKEN="refused")
+    assert seed_status()["codegen"]["error"] == "credentials refused"
+    assert seed_status(validate=False)["codegen"]["is_available"] is True  # settings only
+    env(CODEGEN_BASE_URL="http://127.0.0.1:45999")  # nothing listens: cannot be checked
+    refused = seed_status()["codegen"]
+    assert refused["error"] == f"credentials could not be checked ({refused['error_type']})"
