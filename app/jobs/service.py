@@ -37,6 +37,7 @@ from app.core.errors import (
 )
 from app.core.publisher import PublishError, get_publisher
 from app.db.base import utcnow
+from app.db.ids import parse_id, resolve_id
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
 from app.db.session import database_url, get_hot_engine, session_scope
 
@@ -104,12 +105,14 @@ class Job(BaseModel):
 
 
 def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID:
+    """A job's id from a UUID or the unique start of one (``aiw jobs`` prints 8 digits)."""
     if isinstance(job_id, uuid.UUID):
         return job_id
-    try:
-        return uuid.UUID(str(job_id))
-    except ValueError:
-        raise JobNotFoundError(f"no job {job_id!r}: not a job id") from None
+    parsed = parse_id(job_id, JobNotFoundError, "job")
+    if isinstance(parsed, uuid.UUID):
+        return parsed
+    with session_scope() as session:
+        return resolve_id(session, AIRequestRow.id, job_id, JobNotFoundError, "job")
 
 
 def _check_json(name: str, value: Any) -> None:
@@ -314,8 +317,9 @@ def _find_by_key(key: str) -> uuid.UUID | None:
 
 def get_job(job_id: uuid.UUID | str) -> Job:
     """The job as it stands now; ``JobNotFoundError`` when there is none."""
+    jid = _parse_id(job_id)
     with session_scope() as session:
-        row = session.get(AIRequestRow, _parse_id(job_id))
+        row = session.get(AIRequestRow, jid)
         if row is None:
             raise JobNotFoundError(f"no job {job_id}")
         return Job.model_validate(row)
