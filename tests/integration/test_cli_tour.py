@@ -5,7 +5,13 @@ in-process against the fake OpenAI server.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +26,7 @@ from app.db.session import dispose_engines, session_scope
 from app.jobs import submit
 from app.jobs.runner import reset_providers, run_job
 from app.sandbox.openai_server import FakeOpenAIServer
-from tests.plugins.cli import Result, clean_env, run_aiw
+from tests.plugins.cli import Result, clean_env, free_port, http, run_aiw
 
 pytestmark = pytest.mark.integration
 
@@ -134,3 +140,44 @@ def test_stats_shows_small_costs_whole_at_80_columns(db: str) -> None:
     assert "$0.0000" not in r.out
     cost = [c for c in r.out.split() if c.startswith("0.0")]
     assert cost and all(any(d in "123456789" for d in c) for c in cost), r.out
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers", *args],
+            env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def _until(proc: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+
+
+def test_celery_finds_the_app_by_the_package_name(
+    tmp_path: Path, redis_url: str, migrated_sqlite_url: str
+) -> None:
+    """``celery -A workers worker`` and ``celery -A workers flower``, Celery's convention."""
+    env = clean_env(
+        CELERY_BROKER_URL=redis_url, DATABASE_URL=migrated_sqlite_url, AIW_DATA_DIR=tmp_path
+    )
+    worker_log, flower_log = tmp_path / "worker.log", tmp_path / "flower.log"
+    port = free_port()
+    worker = _start(
+        ["worker", "-Q", "maintenance", "--pool", "solo", "--without-gossip", "--without-mingle"],
+        env,
+        worker_log,
+    )
+    flower = _start(["flower", "--address=127.0.0.1", f"--port={port}"], env, flower_log)
+    try:
+        _until(worker, lambda: "ready." in worker_log.read_text(errors="replace"), worker_log)
+        _until(flower, lambda: http(f"http://127.0.0.1:{port}/healthcheck")[0] == 200, flower_log)
+        assert "has no attribute 'celery'" not in worker_log.read_text() + flower_log.read_text()
+    finally:
+        for proc in (worker, flower):
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
