@@ -424,6 +424,16 @@ def cancel(job_id: uuid.UUID | str) -> bool:
         return changed
 
 
+def _idle(job: Job) -> str:
+    """What a job that no worker has taken yet needs (said when a wait runs out)."""
+    if job.status != JobStatus.QUEUED or job.attempt_count:
+        return ""
+    return (
+        " (no worker has taken it yet: is one running? `aiw up` runs everything, "
+        "`aiw worker` a worker alone; the job stays queued until then)"
+    )
+
+
 class JobHandle:
     """What ``submit`` returns: the id, and ways to follow the job."""
 
@@ -454,7 +464,9 @@ class JobHandle:
             if job.is_finished:
                 return job
             if deadline is not None and time.monotonic() >= deadline:
-                raise JobTimeoutError(f"job {self.id} still {job.status} after {timeout}s")
+                raise JobTimeoutError(
+                    f"job {self.id} still {job.status} after {timeout}s{_idle(job)}"
+                )
             time.sleep(
                 delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
             )

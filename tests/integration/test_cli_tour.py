@@ -181,3 +181,14 @@ def test_celery_finds_the_app_by_the_package_name(
         for proc in (worker, flower):
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
+
+
+def test_submit_wait_with_no_worker_says_to_start_one(
+    tmp_path: Path, redis_url: str, migrated_sqlite_url: str
+) -> None:
+    env = clean_env(CELERY_BROKER_URL=redis_url, DATABASE_URL=migrated_sqlite_url,
+                    OPENAI_API_KEY="sk-test", AIW_DATA_DIR=tmp_path)  # fmt: skip
+    r = run_aiw("submit", "--wait", "1", "hello", env=env, cwd=tmp_path)
+    assert r.code == 1 and "Traceback" not in r.err
+    assert "still queued after 1.0s" in r.err
+    assert "no worker has taken it yet" in r.err and "`aiw worker`" in r.err, r.err
