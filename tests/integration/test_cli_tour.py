@@ -192,3 +192,12 @@ def test_submit_wait_with_no_worker_says_to_start_one(
     assert r.code == 1 and "Traceback" not in r.err
     assert "still queued after 1.0s" in r.err
     assert "no worker has taken it yet" in r.err and "`aiw worker`" in r.err, r.err
+
+
+def test_demo_leaves_no_temporary_directory(tmp_path: Path) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    r = run_aiw("demo", "--jobs", "2", env=clean_env(TMPDIR=temp), cwd=tmp_path, timeout=120)
+    assert r.code == 0, r.out + r.err
+    assert "demo finished" in r.out
+    assert list(temp.iterdir()) == []
