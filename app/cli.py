@@ -342,7 +342,7 @@ def show(job_id: str, as_json: bool) -> None:
     from app.jobs import get_attempts, get_job
 
     job = get_job(job_id)
-    attempts = get_attempts(job_id)
+    attempts = get_attempts(job.id)  # a prefix is looked up once
     if as_json:
         _print_json(
             {
@@ -680,7 +680,7 @@ def webhooks_add(
 @friendly
 def webhooks_list(enabled: bool | None, as_json: bool) -> None:
     """List endpoints (never their secrets)."""
-    from app.display import endpoints_table
+    from app.tables import endpoints_table
     from app.webhooks import list_endpoints
 
     found = list_endpoints(enabled=enabled)
@@ -721,7 +721,7 @@ def webhooks_deliveries(
     endpoint_id: str | None, status: str | None, limit: int, as_json: bool
 ) -> None:
     """List deliveries (one event to one endpoint), newest first."""
-    from app.display import deliveries_table
+    from app.tables import deliveries_table
     from app.webhooks import list_deliveries
 
     found = list_deliveries(endpoint_id, status, limit=limit)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group, RenderableType
@@ -15,21 +14,11 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from app.tables import ago as _ago
 from app.tables import money, status_text, total_tokens
 
 if TYPE_CHECKING:
     from app.jobs import Attempt, Job
-
-
-def _ago(moment: datetime | None) -> str:
-    if moment is None:
-        return "-"
-    seconds = (datetime.now(UTC) - moment).total_seconds()
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{moment:%Y-%m-%d %H:%M}"
 
 
 def attempts_table(attempts: Sequence[Attempt]) -> Table:
@@ -206,42 +195,6 @@ def providers_table(data: dict[str, Any]) -> Table:
     if not summary["available_providers"]:
         table.caption += (
             " -- set OPENAI_API_KEY, or CODEGEN_TOKEN and CODEGEN_ORG_ID (or try aiw sandbox)"
-        )
-    return table
-
-
-def endpoints_table(endpoints: Sequence[Any]) -> Table:
-    table = Table(title=f"{len(endpoints)} webhook endpoint(s)", title_justify="left")
-    for column in ("id", "url", "events", "enabled", "failing since"):
-        table.add_column(column, overflow="fold")
-    for e in endpoints:
-        table.add_row(
-            str(e.id),
-            e.url,
-            ", ".join(e.event_types) or "all",
-            Text("yes", style="green")
-            if e.enabled
-            else Text(f"no ({e.disabled_reason or '-'})", style="red"),
-            _ago(e.failing_since) if e.failing_since else "-",
-        )
-    return table
-
-
-def deliveries_table(deliveries: Sequence[Any]) -> Table:
-    table = Table(title=f"{len(deliveries)} deliveries, newest first", title_justify="left")
-    for column in ("id", "event", "endpoint", "status", "tries", "last answer", "next try"):
-        table.add_column(column, overflow="fold")
-    styles = {"succeeded": "green", "pending": "yellow", "failed": "red", "abandoned": "magenta"}
-    for d in deliveries:
-        last = str(d.last_status_code) if d.last_status_code is not None else (d.last_error or "-")
-        table.add_row(
-            str(d.id),
-            d.event_type,
-            str(d.endpoint_id)[:8],
-            Text(d.status, style=styles.get(d.status, "white")),
-            str(d.attempt_count),
-            last[:60],
-            f"{d.next_attempt_at:%H:%M:%S}" if d.next_attempt_at else "-",
         )
     return table
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from rich import box
@@ -76,6 +77,17 @@ def _table(title: str, width: int, **kwargs: Any) -> Table:
         title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
         collapse_padding=True, show_edge=False, **kwargs,
     )  # fmt: skip
+
+
+def ago(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    seconds = (datetime.now(UTC) - moment).total_seconds()
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{moment:%Y-%m-%d %H:%M}"
 
 
 def jobs_table(jobs: Sequence[Job]) -> ByWidth:
@@ -158,3 +170,54 @@ def _stats_table(rows: Sequence[dict[str, Any]], keys: Sequence[str], width: int
     if not rows:
         table.caption = "no provider calls recorded yet"
     return table
+
+
+def endpoints_table(endpoints: Sequence[Any]) -> ByWidth:
+    def build(width: int) -> Table:
+        full = width >= FULL_IDS_FROM
+        table = Table(title=f"{len(endpoints)} webhook endpoint(s)", title_justify="left")
+        table.add_column("id", no_wrap=True)
+        for column in ("url", "events", "enabled", "failing since"):
+            table.add_column(column, overflow="fold")
+        for e in endpoints:
+            table.add_row(
+                str(e.id) if full else str(e.id)[:SHORT_ID],
+                e.url,
+                ", ".join(e.event_types) or "all",
+                Text("yes", style="green")
+                if e.enabled
+                else Text(f"no ({e.disabled_reason or '-'})", style="red"),
+                ago(e.failing_since) if e.failing_since else "-",
+            )
+        return table
+
+    return ByWidth(build)
+
+
+def deliveries_table(deliveries: Sequence[Any]) -> ByWidth:
+    def build(width: int) -> Table:
+        full = width >= FULL_IDS_FROM
+        table = Table(title=f"{len(deliveries)} deliveries, newest first", title_justify="left")
+        table.add_column("id", no_wrap=True)
+        for column in ("event", "endpoint", "status", "tries", "last answer", "next try"):
+            table.add_column(column, overflow="fold")
+        styles = {
+            "succeeded": "green",
+            "pending": "yellow",
+            "failed": "red",
+            "abandoned": "magenta",
+        }
+        for d in deliveries:
+            last = str(d.last_status_code) if d.last_status_code is not None else d.last_error
+            table.add_row(
+                str(d.id) if full else str(d.id)[:SHORT_ID],
+                d.event_type,
+                str(d.endpoint_id)[:SHORT_ID],
+                Text(d.status, style=styles.get(d.status, "white")),
+                str(d.attempt_count),
+                (last or "-")[:60],
+                f"{d.next_attempt_at:%H:%M:%S}" if d.next_attempt_at else "-",
+            )
+        return table
+
+    return ByWidth(build)

@@ -201,3 +201,16 @@ def test_demo_leaves_no_temporary_directory(tmp_path: Path) -> None:
     assert r.code == 0, r.out + r.err
     assert "demo finished" in r.out
     assert list(temp.iterdir()) == []
+
+
+def test_webhook_endpoints_print_and_take_short_ids(db: str, tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL=db, COLUMNS=80, AIW_WEBHOOK_ALLOW_PRIVATE="true",
+                    AIW_DATA_DIR=tmp_path)  # fmt: skip
+    added = run_aiw("webhooks", "add", "http://127.0.0.1:9/hook", "--json", env=env, cwd=tmp_path)
+    assert added.code == 0, added.err
+    endpoint_id = added.json()["id"]
+    listed = run_aiw("webhooks", "list", env=env, cwd=tmp_path)
+    assert endpoint_id[:8] in listed.out and endpoint_id not in listed.out
+    r = run_aiw("webhooks", "disable", endpoint_id[:8], env=env, cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert endpoint_id in r.out
