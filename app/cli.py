@@ -355,13 +355,9 @@ def watch(job_id: str, timeout: float | None, interval: float, as_json: bool) ->
     status changes, pull requests and web_url. Exit status 0 when it succeeded (a
     run: COMPLETE), 1 when it failed, was cancelled, or the timeout ran out.
     """
-    from app.display import watch_agent_run, watch_job
+    from app.display import watch_any
 
-    if job_id.isdigit():
-        ok = watch_agent_run(int(job_id), timeout=timeout, interval=interval, as_json=as_json)
-    else:
-        ok = watch_job(job_id, timeout=timeout, interval=interval, as_json=as_json)
-    if not ok:
+    if not watch_any(job_id, timeout=timeout, interval=interval, as_json=as_json):
         sys.exit(EXIT_ERROR)
 
 
@@ -375,7 +371,7 @@ def show(job_id: str, as_json: bool) -> None:
     from app.jobs import get_attempts, get_job
 
     job = get_job(job_id)
-    attempts = get_attempts(job_id)
+    attempts = get_attempts(job.id)  # a prefix is looked up once
     if as_json:
         _print_json(
             {
@@ -398,8 +394,8 @@ def jobs(
     status: tuple[str, ...], provider: str | None, tag: str | None, limit: int, as_json: bool
 ) -> None:
     """List jobs, newest first."""
-    from app.display import jobs_table
     from app.jobs import list_jobs
+    from app.tables import jobs_table
 
     found = list_jobs(status=list(status) or None, provider=provider, tag=tag, limit=limit)
     if as_json:
@@ -438,8 +434,8 @@ def stats(group_by: str, days: int | None, as_json: bool) -> None:
     from datetime import timedelta
 
     from app.db.base import utcnow
-    from app.display import stats_table
     from app.jobs import usage_stats
+    from app.tables import stats_table
 
     keys = [g.strip() for g in group_by.split(",") if g.strip()]
     since = utcnow() - timedelta(days=days) if days else None
@@ -720,7 +716,7 @@ def webhooks_add(
 @friendly
 def webhooks_list(enabled: bool | None, as_json: bool) -> None:
     """List endpoints (never their secrets)."""
-    from app.display import endpoints_table
+    from app.tables import endpoints_table
     from app.webhooks import list_endpoints
 
     found = list_endpoints(enabled=enabled)
@@ -761,7 +757,7 @@ def webhooks_deliveries(
     endpoint_id: str | None, status: str | None, limit: int, as_json: bool
 ) -> None:
     """List deliveries (one event to one endpoint), newest first."""
-    from app.display import deliveries_table
+    from app.tables import deliveries_table
     from app.webhooks import list_deliveries
 
     found = list_deliveries(endpoint_id, status, limit=limit)

@@ -12,6 +12,7 @@ from a failing Codegen to OpenAI. No key and no service needed.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -95,9 +96,10 @@ def run_demo(count: int = 5) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    finished = False
     try:
         _wait_ready(log, worker)
-        console.print(f"worker started (pid {worker.pid}, log {log})")
+        console.print(f"worker started (pid {worker.pid})")
         from app.jobs import get_attempts, submit, usage_stats
 
         openai.faults.push(Fault.rate_limit(retry_after=1))
@@ -133,6 +135,7 @@ def run_demo(count: int = 5) -> None:
             f"direct call with fallback: answered by [bold]{answer.provider_name}[/] "
             f"after {fell_back} failed: {answer.content!r}"
         )
+        finished = True
     finally:
         worker.terminate()
         try:
@@ -144,6 +147,14 @@ def run_demo(count: int = 5) -> None:
             broker.wait(timeout=20)
         openai.stop()
         codegen.stop()
+        if finished:  # nothing to look at: its database, broker and logs go
+            from app.core.embedded_broker import socket_path
+
+            shutil.rmtree(data_dir, ignore_errors=True)
+            if broker is not None:  # a socket too deep for its path lives in TMPDIR
+                shutil.rmtree(socket_path(settings).parent, ignore_errors=True)
+        else:
+            console.print(f"the demo's database and logs are kept in {data_dir}")
     console.print("[green]demo finished[/]")
 
 

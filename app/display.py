@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group, RenderableType
@@ -15,35 +14,11 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from app.tables import ago as _ago
+from app.tables import money, status_text, total_tokens
+
 if TYPE_CHECKING:
     from app.jobs import Attempt, Job
-
-STATUS_STYLE = {
-    "queued": "yellow",
-    "waiting": "yellow",
-    "running": "cyan",
-    "awaiting_run": "cyan",
-    "started": "cyan",
-    "lost": "red",
-    "succeeded": "green",
-    "failed": "red",
-    "cancelled": "magenta",
-}
-
-
-def _status(status: str) -> Text:
-    return Text(status, style=f"bold {STATUS_STYLE.get(status, 'white')}")
-
-
-def _ago(moment: datetime | None) -> str:
-    if moment is None:
-        return "-"
-    seconds = (datetime.now(UTC) - moment).total_seconds()
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{moment:%Y-%m-%d %H:%M}"
 
 
 def attempts_table(attempts: Sequence[Attempt]) -> Table:
@@ -55,7 +30,7 @@ def attempts_table(attempts: Sequence[Attempt]) -> Table:
             str(a.number),
             a.provider,
             a.model or "-",
-            _status(a.outcome),
+            status_text(a.outcome),
             "" if a.http_status is None else str(a.http_status),
             "" if a.latency_s is None else f"{a.latency_s:.3f}",
             " ".join(
@@ -77,9 +52,9 @@ def job_view(job: Job, attempts: Sequence[Attempt], *, final: bool = False) -> R
     head = Table.grid(padding=(0, 2))
     head.add_column(style="dim")
     head.add_column()
-    status_cell: RenderableType = _status(job.status)
+    status_cell: RenderableType = status_text(job.status)
     if not final and not job.is_finished:
-        status_cell = Spinner("dots", text=_status(job.status))
+        status_cell = Spinner("dots", text=status_text(job.status))
     head.add_row("job", str(job.id))
     head.add_row("status", status_cell)
     head.add_row("provider", f"{job.provider_used or job.provider_requested or 'automatic'}")
@@ -105,8 +80,8 @@ def job_view(job: Job, attempts: Sequence[Attempt], *, final: bool = False) -> R
                     Text(str(job.result.get("content") or "")),
                     title="answer",
                     subtitle=(
-                        f"{usage.get('total_tokens', '?')} tokens"
-                        + ("" if cost is None else f", ${cost:.6f}")
+                        f"{total_tokens(usage)} tokens"
+                        + ("" if cost is None else f", ${money(cost)}")
                     ),
                     title_align="left",
                 )
@@ -137,12 +112,30 @@ def _linked_run(job: Job, attempts: Sequence[Attempt]) -> str | None:
     return "  ".join(parts)
 
 
+def watch_any(given: str, *, timeout: float | None, interval: float, as_json: bool) -> bool:
+    """An agent run (a number), else a job (a UUID or the start of one: digits too)."""
+    from app.core.errors import AgentRunNotFoundError, JobNotFoundError
+
+    if not given.isdigit():
+        return watch_job(given, timeout=timeout, interval=interval, as_json=as_json)
+    try:
+        return watch_agent_run(int(given), timeout=timeout, interval=interval, as_json=as_json)
+    except AgentRunNotFoundError as missing:
+        if len(given) < 4:  # too short for the start of a job's id
+            raise
+        try:
+            return watch_job(given, timeout=timeout, interval=interval, as_json=as_json)
+        except JobNotFoundError as exc:
+            raise JobNotFoundError(f"{missing}, and {exc}") from None
+
+
 def watch_job(job_id: str, *, timeout: float | None, interval: float, as_json: bool) -> bool:
     """Follow a job until it ends (True if it succeeded). Raises JobNotFoundError."""
     from app.jobs import JobTimeoutError, get_attempts, get_job
 
     deadline = None if timeout is None else time.monotonic() + timeout
     job = get_job(job_id)
+    job_id = str(job.id)  # a prefix is looked up once
     if as_json:
         last: tuple[Any, ...] | None = None
         while True:
@@ -180,62 +173,6 @@ def watch_job(job_id: str, *, timeout: float | None, interval: float, as_json: b
     return job.status == "succeeded"
 
 
-def jobs_table(jobs: Sequence[Job]) -> Table:
-    table = Table(title=f"{len(jobs)} job(s), newest first", title_justify="left")
-    for column in ("id", "status", "provider", "model", "tries", "created", "prompt"):
-        table.add_column(column, overflow="fold" if column == "id" else "ellipsis")
-    for j in jobs:
-        table.add_row(
-            str(j.id),
-            _status(j.status),
-            j.provider_used or "-",
-            j.model or "-",
-            str(j.attempt_count),
-            f"{j.created_at:%Y-%m-%d %H:%M:%S}",
-            j.prompt[:40].replace("\n", " "),
-        )
-    return table
-
-
-def stats_table(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Table:
-    table = Table(title="usage (provider calls)", title_justify="left", show_footer=len(rows) > 1)
-    totals = {
-        "requests": sum(r["requests"] for r in rows),
-        "successes": sum(r["successes"] for r in rows),
-        "lost": sum(r.get("lost", 0) for r in rows),
-        "tokens": sum(r["total_tokens"] for r in rows),
-        "cost": sum(r["cost_usd"] for r in rows),
-    }
-    for i, k in enumerate(keys):
-        table.add_column(k, footer="total" if i == 0 else "")
-    rate = f"{100 * totals['successes'] / totals['requests']:.1f}" if totals["requests"] else "-"
-    table.add_column("calls", justify="right", footer=str(totals["requests"]))
-    table.add_column("ok %", justify="right", footer=rate)
-    table.add_column("lost", justify="right", footer=str(totals["lost"]))
-    table.add_column("tokens", justify="right", footer=str(totals["tokens"]))
-    table.add_column("cost $", justify="right", footer=f"{totals['cost']:.6f}")
-    table.add_column("p50 s", justify="right")
-    table.add_column("p95 s", justify="right")
-    for r in rows:
-        ok = "-" if r["success_rate"] is None else f"{100 * r['success_rate']:.1f}"
-        cost = f"{r['cost_usd']:.6f}" + (
-            f" (+{r['cost_unknown']} unpriced)" if r.get("cost_unknown") else ""
-        )
-        table.add_row(
-            *[str(r[k]) for k in keys],
-            str(r["requests"]),
-            ok,
-            str(r.get("lost", 0)),
-            str(r["total_tokens"]),
-            cost,
-            "-" if r["p50_latency_s"] is None else f"{r['p50_latency_s']:.3f}",
-            "-" if r["p95_latency_s"] is None else f"{r['p95_latency_s']:.3f}",
-        )
-    if not rows:
-        table.caption = "no provider calls recorded yet"
-    return table
-
-
 def providers_table(data: dict[str, Any]) -> Table:
     table = Table(title="providers", title_justify="left")
     for column in ("provider", "usable", "configured", "valid", "kind", "base URL"):
@@ -258,42 +195,6 @@ def providers_table(data: dict[str, Any]) -> Table:
     if not summary["available_providers"]:
         table.caption += (
             " -- set OPENAI_API_KEY, or CODEGEN_TOKEN and CODEGEN_ORG_ID (or try aiw sandbox)"
-        )
-    return table
-
-
-def endpoints_table(endpoints: Sequence[Any]) -> Table:
-    table = Table(title=f"{len(endpoints)} webhook endpoint(s)", title_justify="left")
-    for column in ("id", "url", "events", "enabled", "failing since"):
-        table.add_column(column, overflow="fold")
-    for e in endpoints:
-        table.add_row(
-            str(e.id),
-            e.url,
-            ", ".join(e.event_types) or "all",
-            Text("yes", style="green")
-            if e.enabled
-            else Text(f"no ({e.disabled_reason or '-'})", style="red"),
-            _ago(e.failing_since) if e.failing_since else "-",
-        )
-    return table
-
-
-def deliveries_table(deliveries: Sequence[Any]) -> Table:
-    table = Table(title=f"{len(deliveries)} deliveries, newest first", title_justify="left")
-    for column in ("id", "event", "endpoint", "status", "tries", "last answer", "next try"):
-        table.add_column(column, overflow="fold")
-    styles = {"succeeded": "green", "pending": "yellow", "failed": "red", "abandoned": "magenta"}
-    for d in deliveries:
-        last = str(d.last_status_code) if d.last_status_code is not None else (d.last_error or "-")
-        table.add_row(
-            str(d.id),
-            d.event_type,
-            str(d.endpoint_id)[:8],
-            Text(d.status, style=styles.get(d.status, "white")),
-            str(d.attempt_count),
-            last[:60],
-            f"{d.next_attempt_at:%H:%M:%S}" if d.next_attempt_at else "-",
         )
     return table
 

@@ -312,10 +312,14 @@ class AIWorkerCollector(Collector):
         retries = CounterMetricFamily(
             "aiw_retries", "Provider calls that ended in a retry", labels=["provider", "model"]
         )
+        retried: dict[tuple[str, str], int] = {}  # 0 before the first retry: rate() works
         for (provider, model, outcome), n in sorted(snap.attempts.items()):
             attempts.add_metric([provider, model, outcome], n)
-            if outcome == AttemptOutcome.RETRY:
-                retries.add_metric([provider, model], n)
+            retried[(provider, model)] = retried.get((provider, model), 0) + (
+                n if outcome == AttemptOutcome.RETRY else 0
+            )
+        for (provider, model), n in sorted(retried.items()):
+            retries.add_metric([provider, model], n)
         yield attempts
         yield retries
         call_failures = CounterMetricFamily(

@@ -207,6 +207,9 @@ def check_port(address: str, port: int, what: str, option: str) -> None:
         raise RuntimeStartError(f"{what}: cannot use address {address!r}: {exc}") from None
     family, kind, proto, _, sockaddr = infos[0]
     with socket.socket(family, kind, proto) as sock:
+        # As the servers bind (Flower's tornado, the exporter, the test servers): a port
+        # whose last sockets linger in TIME-WAIT after a clean stop is free to listen on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(sockaddr)
         except OSError:

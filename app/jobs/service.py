@@ -38,6 +38,7 @@ from app.core.errors import (
 from app.core.priorities import NORMAL, check_priority
 from app.core.publisher import PublishError, get_publisher
 from app.db.base import utcnow
+from app.db.ids import parse_id, resolve_id
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
 from app.db.session import database_url, get_hot_engine, session_scope
 
@@ -106,12 +107,14 @@ class Job(BaseModel):
 
 
 def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID:
+    """A job's id from a UUID or the unique start of one (``aiw jobs`` prints 8 digits)."""
     if isinstance(job_id, uuid.UUID):
         return job_id
-    try:
-        return uuid.UUID(str(job_id))
-    except ValueError:
-        raise JobNotFoundError(f"no job {job_id!r}: not a job id") from None
+    parsed = parse_id(job_id, JobNotFoundError, "job")
+    if isinstance(parsed, uuid.UUID):
+        return parsed
+    with session_scope() as session:
+        return resolve_id(session, AIRequestRow.id, job_id, JobNotFoundError, "job")
 
 
 def _check_json(name: str, value: Any) -> None:
@@ -326,8 +329,9 @@ def _find_by_key(key: str) -> uuid.UUID | None:
 
 def get_job(job_id: uuid.UUID | str) -> Job:
     """The job as it stands now; ``JobNotFoundError`` when there is none."""
+    jid = _parse_id(job_id)
     with session_scope() as session:
-        row = session.get(AIRequestRow, _parse_id(job_id))
+        row = session.get(AIRequestRow, jid)
         if row is None:
             raise JobNotFoundError(f"no job {job_id}")
         return Job.model_validate(row)
@@ -432,6 +436,16 @@ def cancel(job_id: uuid.UUID | str) -> bool:
         return changed
 
 
+def _idle(job: Job) -> str:
+    """What a job that no worker has taken yet needs (said when a wait runs out)."""
+    if job.status != JobStatus.QUEUED or job.attempt_count:
+        return ""
+    return (
+        " (no worker has taken it yet: is one running? `aiw up` runs everything, "
+        "`aiw worker` a worker alone; the job stays queued until then)"
+    )
+
+
 class JobHandle:
     """What ``submit`` returns: the id, and ways to follow the job."""
 
@@ -462,7 +476,9 @@ class JobHandle:
             if job.is_finished:
                 return job
             if deadline is not None and time.monotonic() >= deadline:
-                raise JobTimeoutError(f"job {self.id} still {job.status} after {timeout}s")
+                raise JobTimeoutError(
+                    f"job {self.id} still {job.status} after {timeout}s{_idle(job)}"
+                )
             time.sleep(
                 delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
             )

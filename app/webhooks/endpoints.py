@@ -13,6 +13,7 @@ from sqlalchemy import Select, insert, select, update
 
 from app.config import get_settings
 from app.db.base import utcnow
+from app.db.ids import parse_id, resolve_id
 from app.db.session import session_scope
 from app.db.webhook_models import (
     DeliveryStatus,
@@ -95,12 +96,13 @@ class DeliveryAttempt(BaseModel):
 
 
 def _uuid(value: uuid.UUID | str, error: type[WebhookError], what: str) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise error(f"no {what} {value!r}: not an id") from None
+    """An endpoint's or delivery's id from a UUID or the unique start of one."""
+    parsed = parse_id(value, error, what)
+    if isinstance(parsed, uuid.UUID):
+        return parsed
+    column = WebhookEndpointRow.id if error is EndpointNotFoundError else WebhookDeliveryRow.id
+    with session_scope() as session:
+        return resolve_id(session, column, value, error, what)
 
 
 # --- endpoints ---------------------------------------------------------------------------

@@ -33,10 +33,15 @@ class UnsafeTargetError(InvalidWebhookURLError):
         reasons = "; ".join(
             f"{addr} is {why}" if addr is not None else why for addr, why in refused
         )
-        super().__init__(
-            f"refused webhook target {host!r}: {reasons} (set AIW_WEBHOOK_ALLOW_PRIVATE=true "
-            "to allow private targets on purpose)"
-        )
+        if any(not why.startswith(ALWAYS_REFUSED) for _, why in refused):
+            hint = "set AIW_WEBHOOK_ALLOW_PRIVATE=true to allow private targets on purpose"
+        else:  # the switch would not open it: do not suggest it
+            hint = "refused even with AIW_WEBHOOK_ALLOW_PRIVATE: no webhook receiver lives there"
+        super().__init__(f"refused webhook target {host!r}: {reasons} ({hint})")
+
+
+# What ``AIW_WEBHOOK_ALLOW_PRIVATE`` does not open (the reasons in app.webhooks.urlguard).
+ALWAYS_REFUSED = ("a cloud metadata", "an unspecified address", "a multicast address")
 
 
 class UnknownEventTypeError(InvalidArgumentError):

@@ -74,7 +74,7 @@ NO_SUCH = str(uuid.UUID(int=1))
     ("args", "expected"),
     [
         (["show"], "aiw show: Missing argument 'JOB_ID' (see 'aiw show --help')"),
-        (["show", "not-an-id"], "aiw: no job 'not-an-id': not a job id"),
+        (["show", "not-an-id"], "aiw: no job 'not-an-id': not an id (a UUID or its first 4+"),
         (["show", NO_SUCH], f"aiw: no job {NO_SUCH}"),
         (["watch", NO_SUCH], f"aiw: no job {NO_SUCH}"),
         (["cancel", NO_SUCH], f"aiw: no job {NO_SUCH}"),
@@ -85,7 +85,10 @@ NO_SUCH = str(uuid.UUID(int=1))
         (["stats", "--group-by", "colour"], "aiw: cannot group by 'colour'"),
         (["webhooks", "add", "not a url"], "aiw: "),
         (["webhooks", "add", "http://127.0.0.1:9/hook"], "aiw: "),  # loopback refused
-        (["webhooks", "test", "nope"], "aiw: no webhook endpoint 'nope': not an id"),
+        (
+            ["webhooks", "test", "nope"],
+            "aiw: no webhook endpoint 'nope': not an id (a UUID or its first 4+ digits)",
+        ),
         (["webhooks", "redeliver", NO_SUCH], f"aiw: no webhook delivery {NO_SUCH}"),
         (["webhooks", "disable"], "aiw webhooks disable: Missing argument 'ENDPOINT_ID'"),
         (["flower"], "aiw: Flower needs a login: set FLOWER_BASIC_AUTH=user:password"),

@@ -19,6 +19,7 @@ from app.runtime import (
     RuntimeStartError,
     Supervisor,
     beat_argv,
+    check_port,
     flower_argv,
     flower_auth,
     worker_argv,
@@ -220,3 +221,41 @@ def test_a_first_child_that_dies_at_start_is_one_error() -> None:
     with pytest.raises(RuntimeStartError, match="broker did not start"):
         sup.start()
     assert all(c.proc is None for c in sup.children if c.name == "worker")
+
+
+def _time_wait_port() -> int:
+    """A port whose only socket is in TIME-WAIT: a server that closed its side first."""
+    import socket
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = int(server.getsockname()[1])
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server side closes first: its end goes to TIME-WAIT
+        client.recv(1)
+        client.close()
+    return port
+
+
+def test_check_port_accepts_a_port_left_in_time_wait() -> None:
+    import socket
+
+    port = _time_wait_port()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # what check_port did before: refused
+    check_port("127.0.0.1", port, "Flower", "--flower-port")
+
+
+def test_check_port_refuses_a_listening_port() -> None:
+    import socket
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = int(server.getsockname()[1])
+        with pytest.raises(RuntimeStartError, match=f"port {port} on 127.0.0.1 is in use"):
+            check_port("127.0.0.1", port, "Flower", "--flower-port")

@@ -45,11 +45,20 @@ REFUSED_EVEN_WITH_SWITCH = [
 ]
 
 
-@pytest.mark.parametrize(("host", "why"), REFUSED_ALWAYS_PRIVATE + REFUSED_EVEN_WITH_SWITCH)
-def test_each_address_class_is_refused(host: str, why: str) -> None:
+@pytest.mark.parametrize(("host", "why"), REFUSED_ALWAYS_PRIVATE)
+def test_each_private_class_is_refused_naming_the_switch(host: str, why: str) -> None:
     with pytest.raises(UnsafeTargetError, match=why) as info:
         check_url(f"https://{host}/hooks")
-    assert "AIW_WEBHOOK_ALLOW_PRIVATE" in str(info.value)
+    assert "set AIW_WEBHOOK_ALLOW_PRIVATE=true" in str(info.value)
+
+
+@pytest.mark.parametrize(("host", "why"), REFUSED_EVEN_WITH_SWITCH)
+def test_what_the_switch_cannot_open_does_not_suggest_it(host: str, why: str) -> None:
+    for allow_private in (False, True):
+        with pytest.raises(UnsafeTargetError, match=why) as info:
+            check_url(f"https://{host}/hooks", allow_private=allow_private)
+        assert "set AIW_WEBHOOK_ALLOW_PRIVATE" not in str(info.value)
+        assert "refused even with AIW_WEBHOOK_ALLOW_PRIVATE" in str(info.value)
 
 
 @pytest.mark.parametrize(("host", "why"), REFUSED_ALWAYS_PRIVATE)
