@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from app.config import RATE_LIMITED_PROVIDERS, parse_rate_limits
 from app.core import keys
 from app.core.buckets import UNLIMITED_SPEC, Buckets, BucketSpec, Learned, MemoryBuckets
-from app.core.keys import redis_url_for
+from app.core.keys import redis_client, redis_url_for
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -78,6 +78,7 @@ class Ticket:
     wait: float = 0.0
     held: bool = False
     checked: bool = True  # False: no limit applies, nothing was reserved
+    learn_only: bool = False  # no configured limit: only what the headers may teach
 
     @property
     def keys(self) -> tuple[str, str]:
@@ -144,12 +145,9 @@ def get_buckets(settings: Settings) -> Buckets:
         store = _stores.get(url)
         if store is None:
             if url:
-                import redis
-
                 from app.core.buckets import RedisBuckets
 
-                client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-                store = RedisBuckets(client)
+                store = RedisBuckets(redis_client(url, settings))
             else:
                 store = MemoryBuckets()
             _stores[url] = store
@@ -161,6 +159,7 @@ def reset_admission() -> None:
     with _lock:
         _stores.clear()
         _configs.clear()
+        _pressure.clear()
 
 
 def admit(
@@ -180,7 +179,12 @@ def admit(
     specs = config.specs(provider, model)
     if specs is None:
         return Ticket(name, (UNLIMITED_SPEC, UNLIMITED_SPEC), tokens, checked=False)
-    ticket = Ticket(name, specs, tokens)
+    learn_only = specs == (UNLIMITED_SPEC, UNLIMITED_SPEC)
+    if learn_only and not _under_pressure(name, settings):
+        # Nothing configured and nothing learned: no window to reserve from. The answer's
+        # headers are still read (``settle``), and a window near its limit starts one.
+        return Ticket(name, specs, tokens, checked=False, learn_only=True)
+    ticket = Ticket(name, specs, tokens, learn_only=learn_only)
     store = get_buckets(settings)
     hold = f"{keys.ADMISSION_HOLD}{job_id}"
     for _ in range(2):
@@ -223,13 +227,52 @@ def settle(
 ) -> None:
     """After the call: ``used_tokens`` (the answer's usage; None: unknown, the estimate
     stays charged) replace the reservation, and the headers are learned."""
-    if not ticket.checked:
+    if not ticket.checked and not ticket.learn_only:
         return
     seen = learned(rate_limit, settings)
-    delta = 0.0 if used_tokens is None else float(ticket.tokens - used_tokens)
+    if ticket.learn_only and not ticket.checked:  # nothing was reserved
+        if not _pressing(rate_limit):
+            return  # far from the provider's limit: nothing worth sharing
+        _pressure[ticket.name] = (time.monotonic() + PRESSURE_RECHECK, True)
+        delta = 0.0
+    else:
+        delta = 0.0 if used_tokens is None else float(ticket.tokens - used_tokens)
     if delta == 0 and seen == (None, None):
         return
     get_buckets(settings).settle(ticket.keys, ticket.specs, [0.0, delta], list(seen))
+
+
+#: A window learned from headers alone is kept (reserved from) only once an answer
+#: says fewer than this share of a limit is left: far from it, every call would pay two
+#: Redis round trips for nothing.
+PRESSURE_SHARE = 0.5
+#: Seconds a process trusts what it knows of a learned-only window (another worker may
+#: have met the pressure): one EXISTS a window this often, not one script per call.
+PRESSURE_RECHECK = 1.0
+_pressure: dict[str, tuple[float, bool]] = {}  # window -> (valid until, learned state)
+
+
+def _pressing(rate_limit: Mapping[str, Any] | None) -> bool:
+    if not rate_limit:
+        return False
+    for what in ("requests", "tokens"):
+        limit, left = rate_limit.get(f"limit_{what}"), rate_limit.get(f"remaining_{what}")
+        if isinstance(limit, int) and isinstance(left, int) and left < limit * PRESSURE_SHARE:
+            return True
+    return False
+
+
+def _under_pressure(name: str, settings: Settings) -> bool:
+    """Whether a learned-only window holds learned state (in the shared store)."""
+    now = time.monotonic()
+    known = _pressure.get(name)
+    if known is not None and known[0] > now:
+        return known[1]
+    store = get_buckets(settings)
+    ticket_keys = Ticket(name, (UNLIMITED_SPEC, UNLIMITED_SPEC), 0).keys
+    state = store.known(ticket_keys[0]) or store.known(ticket_keys[1])
+    _pressure[name] = (now + PRESSURE_RECHECK, state)
+    return state
 
 
 __all__ = ["Ticket", "admit", "estimate_tokens", "get_buckets", "reset_admission", "settle"]

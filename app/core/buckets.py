@@ -247,6 +247,10 @@ class Buckets(Protocol):
         learned: Sequence[Learned | None],
     ) -> None: ...
 
+    def known(self, key: str) -> bool:
+        """Whether the bucket ``key`` holds any state (False when the store is out)."""
+        ...
+
 
 class RedisBuckets:
     """Buckets in one Redis, shared by every process that names the same keys."""
@@ -255,6 +259,14 @@ class RedisBuckets:
         self._client = client
         self._take = client.register_script(TAKE_SCRIPT)
         self._settle = client.register_script(SETTLE_SCRIPT)
+
+    def known(self, key: str) -> bool:
+        import redis
+
+        try:
+            return bool(self._client.exists(key))
+        except redis.RedisError:
+            return False
 
     def take(
         self,
@@ -327,6 +339,10 @@ class MemoryBuckets:
         self._states: dict[str, _State] = {}
         self._holds: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    def known(self, key: str) -> bool:
+        with self._lock:
+            return key in self._states
 
     def _shape(self, key: str, spec: BucketSpec, now: float) -> tuple[float, float, _State]:
         state = self._states.get(key)

@@ -198,6 +198,11 @@ def get_hot_engine(url: str | None = None) -> Engine:
                 or None,
                 pool_pre_ping=False,
                 isolation_level="AUTOCOMMIT",
+                # Dozens of threads each hold a connection for one statement: keep ten
+                # (the default five made a new connection, and dropped it, every few
+                # jobs at 32 threads); at most twenty, as the default's fifteen.
+                pool_size=10,
+                max_overflow=10,
             )
         return engine
 

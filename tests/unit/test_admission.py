@@ -219,6 +219,29 @@ def test_nothing_configured_and_not_learning_checks_nothing() -> None:
     assert not other.checked
 
 
+def test_learning_alone_costs_nothing_until_an_answer_nears_the_limit() -> None:
+    """No limit configured: far from the provider's limit nothing is reserved nor
+    written (no Redis round trip per call); an answer with less than half left starts
+    the shared window, and the next admissions reserve from it."""
+    admission.reset_admission()
+    settings = load_settings()
+    store = admission.get_buckets(settings)
+    assert isinstance(store, MemoryBuckets)
+    plenty = {"limit_requests": 100, "remaining_requests": 90}
+    try:
+        a = admission.admit("openai:d:m", "openai", "m", "j1", 10, settings, max_wait=0)
+        assert a.wait == 0 and a.learn_only and not a.checked
+        admission.settle(a, settings, used_tokens=5, rate_limit=plenty)
+        assert not store.known(a.keys[0]) and not store.known(a.keys[1])
+        low = {"limit_requests": 100, "remaining_requests": 10}
+        admission.settle(a, settings, used_tokens=5, rate_limit=low)
+        assert store.known(a.keys[0])
+        b = admission.admit("openai:d:m", "openai", "m", "j2", 10, settings, max_wait=0)
+        assert b.checked and b.learn_only  # reserved from the learned window now
+    finally:
+        admission.reset_admission()
+
+
 def test_learned_limits_from_the_headers() -> None:
     settings = load_settings(aiw_rate_window=6, aiw_rate_margin=0)
     req, tok = admission.learned(
