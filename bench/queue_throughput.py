@@ -147,8 +147,10 @@ def main() -> None:
 
     cases = {"noop": noop, "handwritten": hand, "aiworker": aiworker}
     try:
-        with bed() as b:
-            results = [run_case(c, partial(cases[c], b)) for c in args.cases]
+        results = []
+        for c in args.cases:  # each case on a fresh bed: its own database, Redis db, fake
+            with bed() as b:
+                results.append(run_case(c, partial(cases[c], b)))
     finally:
         pool.shutdown()
 

@@ -147,8 +147,10 @@ def main() -> None:
                      queues="ai_requests")
 
     cases = {"noop": noop, "handwritten": hand, "aiworker": aiworker}
-    with bed(openai_latency=args.latency, OPENAI_TIMEOUT="30") as b:
-        results = [run_case(c, partial(cases[c], b)) for c in args.cases]
+    results = []
+    for c in args.cases:  # each case on a fresh bed: its own database, Redis db and fake
+        with bed(openai_latency=args.latency, OPENAI_TIMEOUT="30") as b:
+            results.append(run_case(c, partial(cases[c], b)))
 
     print()
     print(f"jobs {n}; each case: fresh worker(s), {args.workers} process(es), threads pool, "
