@@ -59,7 +59,7 @@ def _describe_error(exc: BaseException) -> str | None:
     from sqlalchemy.exc import ArgumentError, DBAPIError
 
     from app.core.errors import AIProviderError, JobError
-    from app.runtime import RuntimeStartError
+    from app.shell.runtime import RuntimeStartError
 
     if isinstance(exc, ConfigError | AIProviderError | JobError | RuntimeStartError):
         return str(exc)
@@ -68,7 +68,7 @@ def _describe_error(exc: BaseException) -> str | None:
     if isinstance(exc, WebhookError):
         return str(exc)
     if isinstance(exc, DBAPIError):
-        from app.topology import safe_url
+        from app.shell.topology import safe_url
 
         where = ""
         try:
@@ -187,7 +187,7 @@ def _adopt_sandbox(command: str | None) -> Any:
     if command in ("up", "sandbox"):
         return None
     from app.config import ConfigError, get_settings
-    from app.topology import read_sandbox_env
+    from app.shell.topology import read_sandbox_env
 
     try:
         running = read_sandbox_env(get_settings())
@@ -279,7 +279,7 @@ def submit(
     """
     from app.core.publisher import PublishError, get_publisher, set_publisher
     from app.jobs import submit as submit_job
-    from app.topology import broker_url, safe_url
+    from app.shell.topology import broker_url, safe_url
 
     if prompt in (None, "-"):
         if sys.stdin.isatty():
@@ -355,7 +355,7 @@ def watch(job_id: str, timeout: float | None, interval: float, as_json: bool) ->
     status changes, pull requests and web_url. Exit status 0 when it succeeded (a
     run: COMPLETE), 1 when it failed, was cancelled, or the timeout ran out.
     """
-    from app.display import watch_any
+    from app.shell.display import watch_any
 
     if not watch_any(job_id, timeout=timeout, interval=interval, as_json=as_json):
         sys.exit(EXIT_ERROR)
@@ -367,8 +367,8 @@ def watch(job_id: str, timeout: float | None, interval: float, as_json: bool) ->
 @friendly
 def show(job_id: str, as_json: bool) -> None:
     """Show one job, its attempts and its answer."""
-    from app.display import job_view
     from app.jobs import get_attempts, get_job
+    from app.shell.display import job_view
 
     job = get_job(job_id)
     attempts = get_attempts(job.id)  # a prefix is looked up once
@@ -395,7 +395,7 @@ def jobs(
 ) -> None:
     """List jobs, newest first."""
     from app.jobs import list_jobs
-    from app.tables import jobs_table
+    from app.shell.tables import jobs_table
 
     found = list_jobs(status=list(status) or None, provider=provider, tag=tag, limit=limit)
     if as_json:
@@ -435,7 +435,7 @@ def stats(group_by: str, days: int | None, as_json: bool) -> None:
 
     from app.db.base import utcnow
     from app.jobs import usage_stats
-    from app.tables import stats_table
+    from app.shell.tables import stats_table
 
     keys = [g.strip() for g in group_by.split(",") if g.strip()]
     since = utcnow() - timedelta(days=days) if days else None
@@ -453,7 +453,7 @@ def stats(group_by: str, days: int | None, as_json: bool) -> None:
 def providers(validate: bool, as_json: bool) -> None:
     """Provider status and comparison (never any secret)."""
     from app.ai.providers import get_provider_comparison
-    from app.display import providers_table
+    from app.shell.display import providers_table
 
     data = get_provider_comparison(validate=validate)
     sandbox = click.get_current_context().find_root().obj.get("sandbox")
@@ -494,8 +494,8 @@ def _print_run(record: Any, as_json: bool) -> None:
             }
         )
         return
-    from app.display import agent_run_view
     from app.jobs.agent_runs.service import get_agent_run_artifacts, get_agent_run_events
+    from app.shell.display import agent_run_view
 
     _console().print(
         agent_run_view(
@@ -650,8 +650,8 @@ def agent_list(
     state: tuple[str, ...], status: tuple[str, ...], tag: str | None, limit: int, as_json: bool
 ) -> None:
     """List agent runs, newest first."""
-    from app.display import agent_runs_table
     from app.jobs.agent_runs import list_agent_runs
+    from app.shell.display import agent_runs_table
 
     found = list_agent_runs(
         state=list(state) or None, status=list(status) or None, tag=tag, limit=limit
@@ -716,7 +716,7 @@ def webhooks_add(
 @friendly
 def webhooks_list(enabled: bool | None, as_json: bool) -> None:
     """List endpoints (never their secrets)."""
-    from app.tables import endpoints_table
+    from app.shell.tables import endpoints_table
     from app.webhooks import list_endpoints
 
     found = list_endpoints(enabled=enabled)
@@ -757,7 +757,7 @@ def webhooks_deliveries(
     endpoint_id: str | None, status: str | None, limit: int, as_json: bool
 ) -> None:
     """List deliveries (one event to one endpoint), newest first."""
-    from app.tables import deliveries_table
+    from app.shell.tables import deliveries_table
     from app.webhooks import list_deliveries
 
     found = list_deliveries(endpoint_id, status, limit=limit)
@@ -812,7 +812,7 @@ def migrate(revision: str, check: bool) -> None:
     """Upgrade the database schema (Alembic)."""
     from app.db.migrate import current, head, upgrade
     from app.db.session import database_url
-    from app.topology import safe_url
+    from app.shell.topology import safe_url
 
     url = safe_url(database_url())
     if check:
@@ -833,8 +833,8 @@ def check(as_json: bool) -> None:
     the key of the webhook secrets works for every process (AIW_SECRET_KEY)."""
     from app.config import get_settings
     from app.db.migrate import current, head
-    from app.runtime import RuntimeStartError, check_broker
-    from app.topology import safe_url, topology
+    from app.shell.runtime import RuntimeStartError, check_broker
+    from app.shell.topology import safe_url, topology
 
     topo = topology(get_settings())
     result: dict[str, Any] = {"shape": topo.shape}
@@ -930,8 +930,8 @@ def up(
     With DATABASE_URL and CELERY_BROKER_URL: PostgreSQL and Redis.
     """
     from app.config import get_settings
-    from app.runtime import UpOptions
-    from app.runtime import up as run_up
+    from app.shell.runtime import UpOptions
+    from app.shell.runtime import up as run_up
 
     extra_env: dict[str, str] = {}
     servers: list[Any] = []
@@ -941,7 +941,7 @@ def up(
         for key, value in extra_env.items():
             os.environ[key] = value
         get_settings.cache_clear()
-        from app.topology import write_sandbox_env
+        from app.shell.topology import write_sandbox_env
 
         written = write_sandbox_env(get_settings(), extra_env)
         notes = [
@@ -968,7 +968,7 @@ def up(
         code = run_up(settings, options)
     finally:
         if sandbox:
-            from app.topology import remove_sandbox_env
+            from app.shell.topology import remove_sandbox_env
 
             remove_sandbox_env(settings)
         for server in servers:
@@ -1003,13 +1003,13 @@ def worker(kind: str, concurrency: int | None, celery_args: tuple[str, ...]) -> 
     own threads, so a stalled webhook receiver or a slow Codegen never holds the threads of
     AI calls (extra arguments go to `celery worker`)."""
     from app.config import get_settings
-    from app.runtime import Supervisor, add_workers, worker_argv
-    from app.topology import WORKER_KINDS, worker_concurrency
+    from app.shell.runtime import Supervisor, add_workers, worker_argv
+    from app.shell.topology import WORKER_KINDS, worker_concurrency
 
     settings = get_settings()
     if not settings.celery_broker_url:
-        from app.runtime import check_broker
-        from app.topology import broker_url
+        from app.shell.runtime import check_broker
+        from app.shell.topology import broker_url
 
         check_broker(broker_url(settings))  # the embedded broker: `aiw up` runs it
     if kind != "all":
@@ -1035,8 +1035,8 @@ def worker(kind: str, concurrency: int | None, celery_args: tuple[str, ...]) -> 
 def beat(celery_args: tuple[str, ...]) -> None:
     """Run Celery beat (the sweep). Run exactly one per deployment."""
     from app.config import get_settings
-    from app.runtime import beat_argv, check_broker
-    from app.topology import broker_url, data_dir
+    from app.shell.runtime import beat_argv, check_broker
+    from app.shell.topology import broker_url, data_dir
 
     settings = get_settings()
     if not settings.celery_broker_url:
@@ -1063,14 +1063,14 @@ def flower(
     never serves a non-loopback address without one.
     """
     from app.config import get_settings
-    from app.runtime import flower_argv, flower_auth
-    from app.topology import topology
+    from app.shell.runtime import flower_argv, flower_auth
+    from app.shell.topology import topology
 
     settings = get_settings()
     address = address or settings.aiw_flower_address
     auth = flower_auth(settings, address, unauthenticated=unauthenticated)
     if topology(settings).embedded_broker:
-        from app.runtime import check_broker
+        from app.shell.runtime import check_broker
 
         check_broker(topology(settings).broker_url)  # the embedded broker: `aiw up` runs it
     env = {k: v for k, v in os.environ.items() if k not in ("FLOWER_BASIC_AUTH",)}
@@ -1086,8 +1086,8 @@ def flower(
 def metrics(address: str | None, port: int | None, once: bool) -> None:
     """Serve Prometheus metrics read from the database and the broker (run one)."""
     from app.config import get_settings
-    from app.metrics import registry, serve
-    from app.runtime import check_port
+    from app.shell.metrics import registry, serve
+    from app.shell.runtime import check_port
 
     settings = get_settings()
     if once:
@@ -1176,7 +1176,7 @@ def sandbox(openai_port: int, codegen_port: int, as_json: bool) -> None:
 def demo(count: int) -> None:
     """A guided tour: fake providers, a worker, a few jobs (one meets a 429, one a 503),
     the usage table, and a fallback from a failing Codegen to OpenAI."""
-    from app.demo import run_demo
+    from app.shell.demo import run_demo
 
     run_demo(count)
 
