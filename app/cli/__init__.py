@@ -1185,10 +1185,6 @@ def demo(count: int) -> None:
 from app.integrations.analyze_cli import analyze_command  # noqa: E402
 
 main.add_command(analyze_command)
-from app.budget_cli import budgets_group  # noqa: E402  (`aiw budgets`: only click imported)
+from app.cli.budgets import budgets_group  # noqa: E402  (`aiw budgets`: only click imported)
 
 main.add_command(budgets_group)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
