@@ -4,8 +4,9 @@ Every command is wrapped in ``friendly``: an error a user can cause (bad id, bad
 configuration, unreachable database or broker, a database without its schema) becomes
 one redacted line on standard error and exit status 1, never a traceback (``aiw -v``
 logs it too); any other exception is "unexpected error: ..." with the same exit status.
-Errors are told apart by their types only (``describe_error``). ``AiwGroup`` makes a
-usage error one line with exit status 2.
+Errors are told apart by their types only (``describe_error``; SQLite, which has no
+type for a missing table, is asked whether it is migrated: ``_schema_missing``).
+``AiwGroup`` makes a usage error one line with exit status 2.
 
 Exit status: 0 done, 1 error (``EXIT_ERROR``), 2 usage error (``EXIT_USAGE``), 3 job
 accepted but the broker is unreachable (``EXIT_NOT_PUBLISHED``), 130 interrupted
@@ -75,7 +76,7 @@ def describe_error(exc: BaseException) -> str | None:
             pass
         orig = exc.orig if exc.orig is not None else exc
         text = _first_line(orig)
-        if "no such table" in text or type(orig).__name__ == "UndefinedTable":
+        if _schema_missing(orig):
             return f"the database{where} has no schema yet: run `aiw migrate` ({text})"
         return f"database unreachable{where}: {type(orig).__name__}: {text}"
     if isinstance(exc, ArgumentError):
@@ -90,6 +91,32 @@ def describe_error(exc: BaseException) -> str | None:
     if isinstance(exc, PermissionError | FileNotFoundError | IsADirectoryError):
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def _schema_missing(orig: BaseException) -> bool:
+    """Whether a database error means the schema (or part of it) is not there yet.
+
+    The one place that knows a dialect. PostgreSQL says so by type: psycopg's
+    ``UndefinedTable`` (SQLSTATE 42P01). SQLite has no such type: a missing table is the
+    same ``sqlite3.OperationalError`` (SQLITE_ERROR) as a locked or unreadable file, told
+    apart only by its words. So on a SQLite error the database itself is asked, by
+    Alembic: is it at the newest revision? (One more read of a local file, on the error
+    path only; a database that cannot answer is not called unmigrated.)
+    """
+    import sqlite3
+
+    from psycopg.errors import UndefinedTable
+
+    if isinstance(orig, UndefinedTable):
+        return True
+    if not isinstance(orig, sqlite3.OperationalError):
+        return False
+    from app.db.migrate import current, head
+
+    try:
+        return current() != head()
+    except Exception:  # noqa: BLE001 - cannot tell: the error is reported as it is
+        return False
 
 
 def friendly(fn: F) -> F:
