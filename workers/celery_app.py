@@ -16,9 +16,9 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from app import topology
 from app.config import Settings, get_settings
 from app.core.publisher import QUEUE_AGENT_RUNS, QUEUE_AI, QUEUE_MAINTENANCE, QUEUE_WEBHOOKS
+from app.shell import topology
 
 ALL_QUEUES = (QUEUE_AI, QUEUE_AGENT_RUNS, QUEUE_WEBHOOKS, QUEUE_MAINTENANCE)
 
@@ -37,7 +37,7 @@ def queues() -> list[Queue]:
 def broker_url(settings: Settings) -> str:
     """``CELERY_BROKER_URL``, else the embedded broker (a unix socket ``aiw up`` serves).
 
-    The rule lives in ``app.topology`` so ``aiw up`` and the metrics exporter agree."""
+    The rule lives in ``app.shell.topology`` so ``aiw up`` and the metrics exporter agree."""
     return topology.broker_url(settings)
 
 

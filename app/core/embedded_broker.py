@@ -7,7 +7,7 @@ no other local user, so it needs no password and its URL holds no secret.
 
 Every ``aiw`` command (and every worker) computes the same path from the data
 directory, so a second shell finds the running server with nothing to look up.
-Nothing here connects to anything or starts anything (``app.embedded_server`` does).
+Nothing here connects to anything or starts anything (``app.shell.embedded_server`` does).
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from app.core.embedded_broker import (
     socket_path,
 )
 from app.core.keys import redis_url_for
-from app.embedded_server import answers, config_text, prepare
-from app.supervisor import RuntimeStartError
+from app.shell.embedded_server import answers, config_text, prepare
+from app.shell.supervisor import RuntimeStartError
 
 
 @pytest.fixture

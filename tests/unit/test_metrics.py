@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.config import load_settings
-from app.metrics import AIWorkerCollector, Snapshot
+from app.shell.metrics import AIWorkerCollector, Snapshot
 
 
 def _samples(snapshot: Snapshot, name: str) -> dict[tuple[Any, ...], float]:

@@ -245,7 +245,7 @@ def test_the_worker_installs_the_filter_on_its_log_handlers() -> None:
 
 
 def test_the_cli_error_line_is_redacted(capsys: pytest.CaptureFixture[str]) -> None:
-    from app.cli import friendly
+    from app.cli.boundary import friendly
 
     @friendly
     def boom() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from app.config import ConfigError, load_settings
-from app.runtime import (
+from app.shell.runtime import (
     RuntimeStartError,
     Supervisor,
     beat_argv,
@@ -24,7 +24,7 @@ from app.runtime import (
     flower_auth,
     worker_argv,
 )
-from app.topology import QUEUES, is_loopback, safe_url, topology
+from app.shell.topology import QUEUES, is_loopback, safe_url, topology
 from tests.plugins.cli import process_groups_alive
 
 

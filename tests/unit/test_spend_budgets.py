@@ -283,7 +283,7 @@ def test_threshold_and_exceeded_webhooks_once_per_window(
 def test_metrics_export_each_budget(bed: FakeOpenAIServer) -> None:
     from prometheus_client import generate_latest
 
-    from app.metrics import registry
+    from app.shell.metrics import registry
 
     set_budget(50, tag="team-a")
     run_job(submit(PROMPT, max_tokens=MAX_TOKENS, tags=["team-a"]).id)

@@ -161,7 +161,7 @@ def run_demo(count: int = 5) -> None:
 def _start_embedded_broker(settings: Settings, data_dir: Path) -> subprocess.Popen[bytes]:
     """The embedded broker ``aiw up`` would run, for the demo's worker and jobs."""
     from app.core.embedded_broker import socket_path
-    from app.embedded_server import answers, prepare
+    from app.shell.embedded_server import answers, prepare
 
     with open(data_dir / "broker.log", "wb") as out:
         proc = subprocess.Popen(prepare(settings), stdout=out, stderr=subprocess.STDOUT,

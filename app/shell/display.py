@@ -14,8 +14,8 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from app.tables import ago as _ago
-from app.tables import money, status_text, total_tokens
+from app.shell.tables import ago as _ago
+from app.shell.tables import money, status_text, total_tokens
 
 if TYPE_CHECKING:
     from app.jobs import Attempt, Job

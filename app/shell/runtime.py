@@ -1,6 +1,6 @@
 """Running the processes: the command lines of worker, beat, Flower and the metrics
-exporter, and ``aiw up`` (on the supervisor of ``app.supervisor``; in the embedded
-shape with the broker of ``app.embedded_server`` as its first child).
+exporter, and ``aiw up`` (on the supervisor of ``app.shell.supervisor``; in the embedded
+shape with the broker of ``app.shell.embedded_server`` as its first child).
 
 ``app`` never imports Celery: every Celery process is a child started as
 ``python -m celery -A workers.celery_app ...``.
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 # Re-exported: the commands import them from here.
-from app.supervisor import RuntimeStartError as RuntimeStartError
-from app.supervisor import Supervisor as Supervisor
-from app.topology import QUEUES, WORKER_KINDS, is_loopback, worker_concurrency
+from app.shell.supervisor import RuntimeStartError as RuntimeStartError
+from app.shell.supervisor import Supervisor as Supervisor
+from app.shell.topology import QUEUES, WORKER_KINDS, is_loopback, worker_concurrency
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -176,7 +176,7 @@ class UpOptions:
 def check_broker(url: str, timeout: float = 3.0) -> None:
     """Fail now, in one line, if a Redis broker does not answer (Celery would retry forever)."""
     from app.core.embedded_broker import client_url
-    from app.topology import is_redis_url, safe_url
+    from app.shell.topology import is_redis_url, safe_url
 
     if not is_redis_url(url):
         return
@@ -222,13 +222,13 @@ def up(settings: Settings, options: UpOptions, out: IO[str] | None = None) -> in
     """Migrate, start worker/beat/Flower/exporter, stream logs, stop cleanly. Exit status."""
     from app.ai.factory import get_provider_status
     from app.db.migrate import current, upgrade
-    from app.topology import safe_url, topology
+    from app.shell.topology import safe_url, topology
 
     out = out or sys.stdout
     topo = topology(settings)
     broker_argv: list[str] | None = None
     if topo.embedded_broker:
-        from app.embedded_server import prepare
+        from app.shell.embedded_server import prepare
 
         broker_argv = prepare(settings)  # started below, before everything else
     else:
@@ -259,7 +259,7 @@ def up(settings: Settings, options: UpOptions, out: IO[str] | None = None) -> in
     sup = Supervisor(out, grace=options.grace, on_ready=lambda: sup.say(f"ready; {ready_hint}"))
     broker_note = ""
     if broker_argv is not None:
-        from app.embedded_server import READY_MARKER, version
+        from app.shell.embedded_server import READY_MARKER, version
 
         sup.add("broker", broker_argv, env, ready_marker=READY_MARKER, first=True)
         broker_note = (

@@ -46,7 +46,7 @@ from app.core.embedded_broker import client_url
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus, UsageRow
 from app.db.session import session_scope
 from app.jobs.budget_admin import read_all
-from app.topology import QUEUES, broker_url, is_redis_url
+from app.shell.topology import QUEUES, broker_url, is_redis_url
 
 if TYPE_CHECKING:
     from app.config import Settings

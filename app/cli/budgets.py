@@ -3,32 +3,16 @@
 ``aiw budgets`` lists each budget's spend, reservations and cap in its current UTC
 window; ``aiw budgets set --tag team-a --usd 50 --per day`` (or ``--global``) sets one;
 ``aiw budgets delete --tag team-a --per day`` removes it. The work is in
-``app.jobs.budget_admin``; only click is imported with this module.
+``app.jobs.budget_admin``, imported when a command runs.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _friendly(fn: F) -> F:
-    """``app.cli.friendly`` (one line and a non-zero exit for any error), imported late:
-    ``app.cli`` imports this module."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from app.cli import friendly
-
-        return friendly(fn)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+from app.cli.boundary import friendly
 
 
 def _scope(tag: str | None, everything: bool) -> str | None:
@@ -44,7 +28,7 @@ def _money(value: float) -> str:
 @click.group("budgets", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-@_friendly
+@friendly
 def budgets_group(ctx: click.Context, as_json: bool) -> None:
     """Spend budgets (USD per UTC day or month, global or per tag): spend against each cap."""
     if ctx.invoked_subcommand is not None:
@@ -82,7 +66,7 @@ def budgets_group(ctx: click.Context, as_json: bool) -> None:
     help="A job that would exceed: wait (for the next window) or fail (BudgetExceededError).",
 )
 @click.option("--json", "as_json", is_flag=True)
-@_friendly
+@friendly
 def budgets_set(
     tag: str | None, everything: bool, usd: float, per: str, policy: str, as_json: bool
 ) -> None:
@@ -105,7 +89,7 @@ def budgets_set(
 @click.option("--tag", help="The budget of this tag.")
 @click.option("--global", "everything", is_flag=True, help="The global budget.")
 @click.option("--per", default="day", show_default=True, help="day or month.")
-@_friendly
+@friendly
 def budgets_delete(tag: str | None, everything: bool, per: str) -> None:
     """Delete a budget (calls in flight are no longer held to it)."""
     from app.jobs import delete_budget
@@ -115,3 +99,6 @@ def budgets_delete(tag: str | None, everything: bool, per: str) -> None:
     if not delete_budget(per=per, tag=scope):
         raise click.ClickException(f"no budget {budget_name(scope, per)}")
     click.echo(f"deleted budget {budget_name(scope, per)}")
+
+
+COMMANDS = (budgets_group,)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.core.embedded_broker import broker_dir, private_dir, socket_path
-from app.supervisor import RuntimeStartError
+from app.shell.supervisor import RuntimeStartError
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -75,7 +75,8 @@ def _quoted(value: str) -> str:
 def config_text(settings: Settings) -> str:
     return "\n".join(
         [
-            "# Written by `aiw up` at every start (edits are overwritten): app/embedded_server.py",
+            "# Written by `aiw up` at every start (edits are overwritten): "
+            "app/shell/embedded_server.py",
             "port 0",
             f"unixsocket {_quoted(str(socket_path(settings)))}",
             "unixsocketperm 700",
