@@ -307,4 +307,6 @@ class TcpProxy:
     def close(self) -> None:
         self._closed = True
         self.down()
+        self.up()  # closes what a stall held
+        self._up.clear()
         self._listener.close()
