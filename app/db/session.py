@@ -105,10 +105,9 @@ def create_engine_for(
     kwargs.setdefault("pool_pre_ping", True)
     if parsed.get_backend_name() != "postgresql":
         return create_engine(parsed, **kwargs)
-    from app.config import get_settings
     from app.db.deadline import connector
 
-    settings = get_settings()
+    settings = _settings()
     given = kwargs.get("connect_args", {})
     kwargs["connect_args"] = {**_pg_deadlines(statement_timeout, settings), **given}
     engine = create_engine(parsed, **kwargs)

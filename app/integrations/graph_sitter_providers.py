@@ -21,41 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from app.ai import factory
 from app.ai import providers as _providers
-from app.ai.providers import (
-    AgentRunFailedError,
-    AIProvider,
-    AIProviderError,
-    AIRequest,
-    AIResponse,
-    ContextTooLongError,
-    InvalidRequestError,
-    ProviderAuthenticationError,
-    ProviderBadRequestError,
-    ProviderChain,
-    ProviderConflictError,
-    ProviderConnectionError,
-    ProviderNotConfiguredError,
-    ProviderNotFoundError,
-    ProviderQuotaError,
-    ProviderRateLimitError,
-    ProviderResponseError,
-    ProviderServerError,
-    ProviderStats,
-    ProviderTimeoutError,
-    ProviderUnavailableError,
-    UnknownProviderError,
-    Usage,
-    create_ai_provider,
-    detect_available_credentials,
-    get_provider_comparison,
-    provider_names,
-    register_provider,
-    unregister_provider,
-)
 
 if TYPE_CHECKING:
-    from app.ai.codegen_provider import CodegenProvider as CodegenProvider
-    from app.ai.openai_provider import OpenAIProvider as OpenAIProvider
     from app.config import Settings
 
 #: What each built-in provider needs, for the ``error`` of an unconfigured one.
@@ -100,41 +67,9 @@ def get_provider_status(
 
 
 def __getattr__(name: str) -> Any:
-    # OpenAIProvider and CodegenProvider, loaded when asked for (they import their SDKs).
+    # Every other name is app.ai.providers's own object (its OpenAIProvider and
+    # CodegenProvider load when asked for: they import their SDKs).
     return getattr(_providers, name)
 
 
-__all__ = [
-    "AIProvider",
-    "AIProviderError",
-    "AIRequest",
-    "AIResponse",
-    "AgentRunFailedError",
-    "CodegenProvider",
-    "ContextTooLongError",
-    "InvalidRequestError",
-    "OpenAIProvider",
-    "ProviderAuthenticationError",
-    "ProviderBadRequestError",
-    "ProviderChain",
-    "ProviderConflictError",
-    "ProviderConnectionError",
-    "ProviderNotConfiguredError",
-    "ProviderNotFoundError",
-    "ProviderQuotaError",
-    "ProviderRateLimitError",
-    "ProviderResponseError",
-    "ProviderServerError",
-    "ProviderStats",
-    "ProviderTimeoutError",
-    "ProviderUnavailableError",
-    "UnknownProviderError",
-    "Usage",
-    "create_ai_provider",
-    "detect_available_credentials",
-    "get_provider_comparison",
-    "get_provider_status",
-    "provider_names",
-    "register_provider",
-    "unregister_provider",
-]
+__all__ = list(_providers.__all__)

@@ -16,7 +16,9 @@ limits of its embedded half. Nothing here connects to anything.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,8 +203,6 @@ def sandbox_env_path(settings: Settings) -> Path:
 
 def write_sandbox_env(settings: Settings, values: dict[str, str]) -> Path:
     """Write the sandbox's settings for the other commands of this directory."""
-    import os
-
     path = sandbox_env_path(settings)
     tmp = path.with_suffix(".tmp")
     lines = [f"{SANDBOX_PID}={os.getpid()}", *(f"{k}={v}" for k, v in sorted(values.items()))]
@@ -214,9 +214,6 @@ def write_sandbox_env(settings: Settings, values: dict[str, str]) -> Path:
 
 
 def remove_sandbox_env(settings: Settings) -> None:
-    import contextlib
-    import os
-
     running = read_sandbox_env(settings)
     if running is not None and running.pid == os.getpid():
         with contextlib.suppress(FileNotFoundError):
@@ -225,8 +222,6 @@ def remove_sandbox_env(settings: Settings) -> None:
 
 def read_sandbox_env(settings: Settings) -> SandboxEnv | None:
     """The settings of the ``aiw up --sandbox`` running in this directory, if one is."""
-    import os
-
     path = sandbox_env_path(settings)
     try:
         text = path.read_text(encoding="utf-8")
