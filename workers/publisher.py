@@ -73,6 +73,13 @@ class CeleryPublisher:
             producer.connection.collect()
             raise
 
+    def close(self) -> None:
+        """Release this thread's producer connection (other threads' go with them)."""
+        producer = getattr(self._local, "producer", None)
+        self._local.producer = None
+        if producer is not None:
+            producer.connection.release()
+
     def ensure_routes(self) -> None:
         """Declare our queues again. On Redis a queue's routing lives in keys that a
         FLUSHDB (or a restart without persistence) removes while publishers still
@@ -84,9 +91,20 @@ class CeleryPublisher:
 
     def queue_depth(self, queue: str) -> int | None:
         """Messages ready in ``queue`` (a passive declare: AMQP and Redis, the embedded
-        broker included, answer it)."""
+        broker included, answer it).
+
+        A queue the broker does not know holds nothing: 0. On Redis this is the usual
+        answer for an empty queue, since an empty list is no key and kombu's passive
+        declare then refuses with NOT_FOUND; taking that for "unknown" kept the sweeps'
+        empty-queue rule from ever firing there.
+        """
         with self.app.connection_for_read() as conn:
-            declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+            try:
+                declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+            except conn.channel_errors as exc:
+                if not _is_not_found(exc):
+                    raise
+                return 0
         return int(declared.message_count)
 
     def publish_job(
@@ -107,3 +125,11 @@ class CeleryPublisher:
             self._send(TASK_DELIVER_WEBHOOK, [delivery_id], countdown)
         except (KombuError, OSError) as exc:
             raise PublishError(f"webhook delivery {delivery_id} not published: {exc}") from exc
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    """A broker's "no such queue": AMQP's 404 (``amqp.exceptions.NotFound``) or the
+    virtual transports' ``ChannelError('NOT_FOUND - ...', ..., '404')``."""
+    return getattr(exc, "code", None) == 404 or "404" in exc.args or (
+        str(exc).startswith("NOT_FOUND")
+    )
