@@ -10,7 +10,7 @@ nothing leaks: a dead worker's claims stop counting when their lease runs out, a
 stopping worker's when it hands them back, and a job that waits for a Codegen run or a
 cooldown holds no thread and does not count.
 
-The cap is part of the claim (``app.jobs.runner``): the claim's conditional UPDATE also
+The cap is part of the claim (``app.jobs.claim``): the claim's conditional UPDATE also
 asks that each capped tag of the job has fewer than its cap of other running jobs. On
 PostgreSQL two claims could each see room for one more under READ COMMITTED, so a
 claim of a capped job first takes a transaction-level advisory lock per capped tag
