@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -210,6 +211,31 @@ def session_cpu_seconds(sid: int) -> float:
     return ticks / _CLK_TCK
 
 
+def command_cpu_seconds(comm: str) -> float:
+    """utime+stime of every live process named ``comm`` (e.g. ``postgres``: the server
+    and its backends; a backend that exits meanwhile takes its share with it)."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/comm") as f:
+                if f.read().strip() != comm:
+                    continue
+            fields = _stat(int(entry.name))
+        except (OSError, ValueError):
+            continue
+        ticks += sum(int(v) for v in fields[11:13])
+    return ticks / _CLK_TCK
+
+
+def _others_cpu() -> tuple[float, float, float]:
+    """CPU seconds so far of PostgreSQL, Redis and this process (producers, fake server)."""
+    own = os.times()
+    return (command_cpu_seconds("postgres"), command_cpu_seconds("redis-server"),
+            own.user + own.system)
+
+
 def spawn_worker(
     b: Bed, *, app: str = "workers.celery_app", concurrency: int, queues: str, name: str
 ) -> CeleryProcess:
@@ -239,6 +265,20 @@ def spawn_worker(
     return process
 
 
+def machine_busy_seconds() -> float:
+    """Busy CPU seconds of the whole machine since boot (``/proc/stat``: user, nice,
+    system, irq, softirq and steal; not idle or iowait)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _py_spy() -> str:
+    """py-spy next to this Python (a venv's), else on PATH (not a dependency)."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else "py-spy"
+
+
 class Workers:
     """Fresh worker processes for one case, all started at once: when the first was
     ready, their CPU seconds since each was ready (or since ``mark()``), peak RSS.
@@ -251,9 +291,13 @@ class Workers:
         name: str = "bench", **kwargs,
     ) -> None:
         self.procs: list[CeleryProcess] = []
+        self.name = name
+        self._profilers: list[subprocess.Popen[bytes]] = []
         self.ready_at: float | None = None  # perf_counter() when the first was ready
         self._pending: list[CeleryProcess] = []
         self._cpu0 = 0.0
+        self._machine0 = 0.0
+        self._others0 = (0.0, 0.0, 0.0)
         self._deadline = time.monotonic() + ready_timeout
         try:
             for i in range(count):
@@ -276,6 +320,8 @@ class Workers:
                 self._pending.remove(p)
                 if self.ready_at is None:
                     self.ready_at = time.perf_counter()
+                    self._machine0 = machine_busy_seconds()
+                    self._others0 = _others_cpu()
             elif p.proc.poll() is not None or time.monotonic() > self._deadline:
                 raise RuntimeError(f"celery worker {p.log_path.name} did not start:\n"
                                    f"{p.log()[-4000:]}")
@@ -289,18 +335,47 @@ class Workers:
         return sum(session_cpu_seconds(p.proc.pid) for p in self.procs)
 
     def mark(self) -> None:
-        """Start counting CPU from now (after a warm-up)."""
+        """Start counting CPU from now (after a warm-up); with ``AIW_BENCH_PROFILE=<dir>``
+        also record where each worker holds the GIL (py-spy, until ``stop``)."""
         self._cpu0 = self.cpu_total()
+        self._machine0 = machine_busy_seconds()
+        self._others0 = _others_cpu()
+        folder = os.environ.get("AIW_BENCH_PROFILE")
+        if folder and not self._profilers:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            for p in self.procs:
+                out = Path(folder) / f"{self.name}-{p.proc.pid}.txt"
+                self._profilers.append(subprocess.Popen(
+                    [_py_spy(), "record", "--gil", "--nonblocking", "--format", "raw",
+                     "--rate", "200", "-o", str(out), "--pid", str(p.proc.pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                ))  # fmt: skip
 
     def cpu(self) -> float:
         """CPU seconds of the worker processes and their children since ready/mark."""
         return self.cpu_total() - self._cpu0
+
+    def machine_cpu(self) -> float:
+        """Busy CPU seconds of the whole machine since ready/mark: the workers, and also
+        PostgreSQL, Redis, the fake server and the producers (and anything else running:
+        meaningful on a quiet machine only)."""
+        return machine_busy_seconds() - self._machine0
+
+    def others_cpu(self) -> tuple[float, float, float]:
+        """CPU seconds of PostgreSQL, Redis and this process since ready/mark."""
+        now = _others_cpu()
+        return (now[0] - self._others0[0], now[1] - self._others0[1], now[2] - self._others0[2])
 
     def rss_mb(self) -> float:
         """The largest peak resident memory (VmHWM) of one worker process, MB."""
         return max(peak_rss_mb(p.proc.pid) for p in self.procs)
 
     def stop(self) -> None:
+        for profiler in self._profilers:  # py-spy writes its file on SIGINT
+            profiler.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                profiler.wait(timeout=30)
+        self._profilers.clear()
         for p in self.procs:
             p.stop()
 
@@ -321,6 +396,10 @@ class CaseResult:
     cpu_s: float = float("nan")  # worker CPU seconds over the measured jobs
     rss_mb: float = float("nan")
     note: str = ""
+    machine_cpu_s: float = float("nan")  # the whole machine's busy CPU seconds meanwhile
+    # CPU seconds meanwhile of PostgreSQL, Redis, and the benchmark process itself (its
+    # producer threads and the fake OpenAI server)
+    others_cpu_s: tuple[float, float, float] = (float("nan"),) * 3
     error: str | None = None
 
 
@@ -341,7 +420,7 @@ def print_table(
     results: Sequence[CaseResult], note_header: str = "", noop_ratio: bool = True
 ) -> None:
     head = (f"{'case':<34} {'jobs':>6} {'seconds':>8} {'jobs/s':>8} {'% ideal':>8} "
-            f"{'CPU ms/job':>11} {'peak RSS MB':>12}  {note_header}")
+            f"{'CPU ms/job':>11} {'machine ms/job':>15} {'peak RSS MB':>12}  {note_header}")
     print(head.rstrip())
     print("-" * len(head.rstrip()))
     for r in results:
@@ -351,8 +430,14 @@ def print_table(
             continue
         ideal = f"{100 * r.rate / r.ideal:7.0f}%" if r.ideal else f"{'-':>8}"
         cpu_ms = 1000 * r.cpu_s / r.jobs if r.jobs else float("nan")
+        machine_ms = 1000 * r.machine_cpu_s / r.jobs if r.jobs else float("nan")
         print(f"{label:<34} {r.jobs:>6} {r.seconds:>8.2f} {r.rate:>8.1f} {ideal} "
-              f"{cpu_ms:>11.2f} {r.rss_mb:>12.0f}  {r.note}".rstrip())
+              f"{cpu_ms:>11.2f} {machine_ms:>15.2f} {r.rss_mb:>12.0f}  {r.note}".rstrip())
+    for r in results:
+        if r.error is None and r.jobs and r.others_cpu_s[0] == r.others_cpu_s[0]:
+            pg, rd, own = (1000 * v / r.jobs for v in r.others_cpu_s)
+            print(f"  {CASE_LABELS[r.case]:<32} ms/job: workers {1000 * r.cpu_s / r.jobs:.2f}, "
+                  f"postgres {pg:.2f}, redis {rd:.2f}, producers+fake server {own:.2f}")
     by = {r.case: r for r in results if r.error is None}
     if "aiworker" in by and "handwritten" in by:
         aiw, hand = by["aiworker"], by["handwritten"]

@@ -15,7 +15,11 @@ concurrency), started and warmed up (one task) before the clock starts:
 
 CPU ms/job is the worker process(es)' utime+stime (with children, from /proc) over the
 timed jobs; peak RSS is the worker's VmHWM. The producers' and the fake server's CPU
-(this process) is not counted.
+(this process) is not counted there; "machine ms/job" counts everything (the whole
+machine's busy time from /proc/stat: workers, PostgreSQL, Redis, the fake server, the
+producers), so it means something on a quiet machine only. With
+``AIW_BENCH_PROFILE=<dir>`` each worker is recorded by py-spy (``--gil``, raw folded
+stacks) over the timed jobs.
 
     .venv/bin/python -m bench.queue_throughput --jobs 1500 --concurrency 32 --producers 8
     .venv/bin/python -m bench.queue_throughput --cases handwritten,aiworker
@@ -46,7 +50,7 @@ from bench.harness import (
 )
 from bench.noop_tasks import COUNTER
 
-POLL = 0.01  # seconds between checks of the done count
+POLL = 0.05  # seconds between checks of the done count (a count query on PostgreSQL)
 
 
 def timed(
@@ -64,9 +68,10 @@ def timed(
     sending = time.perf_counter() - t0
     wait_until(lambda: done() >= start + n, 900, interval=POLL)
     elapsed = time.perf_counter() - t0
-    cpu = workers.cpu()
+    cpu, machine = workers.cpu(), workers.machine_cpu()
     return CaseResult(case, n, elapsed, n / elapsed, None, cpu, workers.rss_mb(),
-                      note=f"{n / sending:.0f}/s")
+                      note=f"{n / sending:.0f}/s", machine_cpu_s=machine,
+                      others_cpu_s=workers.others_cpu())
 
 
 def main() -> None:
@@ -134,8 +139,10 @@ def main() -> None:
                 return s.scalar(select(func.count()).select_from(AIRequestRow)
                                 .where(AIRequestRow.status == JobStatus.SUCCEEDED)) or 0
 
+        # The AI worker of ``aiw up`` and compose: the ai_requests queue alone (its
+        # BRPOP names that queue's priority lists only).
         with Workers(b, concurrency=args.concurrency, name="aiworker",
-                     queues="ai_requests,agent_runs,webhooks,maintenance") as w:
+                     queues="ai_requests") as w:
             job = submit("warm up").wait(timeout=60)
             if job.status != "succeeded":
                 raise RuntimeError(f"warm-up job ended {job.status}")

@@ -15,7 +15,8 @@ one). Cases:
 - aiworker: ``app.jobs.submit``; done = jobs succeeded.
 
 CPU ms/job is the worker process(es)' utime+stime (with children, from /proc) from
-"ready" to the last completion, over N; peak RSS is the largest VmHWM of one worker.
+"ready" to the last completion, over N; "machine ms/job" the whole machine's busy CPU
+over the same time (quiet machine only); peak RSS is the largest VmHWM of one worker.
 
     .venv/bin/python -m bench.slow_provider --jobs 2000 --concurrency 200 --latency 1.0
     .venv/bin/python -m bench.slow_provider --cases handwritten,aiworker --workers 2
@@ -77,11 +78,12 @@ def drain(
             time.sleep(poll)
         while not w.poll_ready():  # a worker that came up after the last job
             time.sleep(0.01)
-        cpu = w.cpu()
+        cpu, machine, others = w.cpu(), w.machine_cpu(), w.others_cpu()
         rss = w.rss_mb()
     window = marks[0.9] - marks[0.1]
     rate = 0.8 * n / window if window > 0 else n / marks[1.0]
-    return CaseResult(case, n, marks[1.0], rate, ideal, cpu, rss)
+    return CaseResult(case, n, marks[1.0], rate, ideal, cpu, rss, machine_cpu_s=machine,
+                      others_cpu_s=others)
 
 
 def main() -> None:
