@@ -18,7 +18,9 @@ before it was stored). The one error boundary and the exit statuses are in
 unreachable (``submit --wait`` only), 130 interrupted.
 
 Commands that a script would read take ``--json``. Importing this package imports click
-only: each command imports what it uses when it runs.
+(and the error boundary) only: a command's module is imported when that command is looked
+up (``AiwGroup.lazy``: ``aiw submit`` imports ``app.cli.jobs`` and not the other groups;
+``aiw --help`` imports them all), and each command imports what it uses when it runs.
 """
 
 from __future__ import annotations
@@ -27,15 +29,33 @@ import logging
 
 import click
 
-from app.cli import agents, budgets, jobs, ops, sandbox, webhooks
 from app.cli.boundary import AiwGroup
 from app.cli.sandbox import adopt_sandbox
-from app.integrations.analyze_cli import analyze_command
 
-__all__ = ["main"]
+__all__ = ["COMMAND_MODULES", "main"]
+
+#: Where each command of ``aiw`` is: the module whose ``COMMANDS`` holds it (imported on
+#: first look-up). ``tests/unit/test_cli_lazy.py`` checks that this is every command.
+COMMAND_MODULES: dict[str, str] = {
+    **dict.fromkeys(
+        ("submit", "watch", "show", "jobs", "cancel", "stats", "providers"), "app.cli.jobs"
+    ),
+    "agent": "app.cli.agents",
+    "webhooks": "app.cli.webhooks",
+    "budgets": "app.cli.budgets",
+    **dict.fromkeys(
+        ("migrate", "check", "up", "worker", "beat", "flower", "metrics"), "app.cli.ops"
+    ),
+    **dict.fromkeys(("sandbox", "demo"), "app.cli.sandbox"),
+    "analyze": "app.integrations.analyze_cli",  # `aiw analyze` (graph-sitter analysis)
+}
 
 
-@click.group(cls=AiwGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=AiwGroup,
+    lazy=COMMAND_MODULES,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log more, and show tracebacks of errors.")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
@@ -53,8 +73,3 @@ def main(ctx: click.Context, verbose: bool) -> None:
 
     install_log_redaction()  # no secret in a log line (app.core.redact)
 
-
-for _module in (jobs, agents, webhooks, budgets, ops, sandbox):
-    for _command in _module.COMMANDS:
-        main.add_command(_command)
-main.add_command(analyze_command)  # `aiw analyze` (graph-sitter repository analysis)

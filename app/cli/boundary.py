@@ -151,7 +151,29 @@ def _verbose() -> bool:
 
 
 class AiwGroup(click.Group):
-    """A click group whose usage errors are one line: ``aiw show: missing argument ...``."""
+    """A click group whose usage errors are one line: ``aiw show: missing argument ...``.
+
+    ``lazy`` maps command names to the module that defines them (in its ``COMMANDS``):
+    a module is imported when one of its commands is looked up (click's "lazily loading
+    subcommands"), so ``aiw submit`` does not import every command group.
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, str] = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            import importlib
+
+            module = importlib.import_module(self.lazy[cmd_name])
+            for command in getattr(module, "COMMANDS", ()):
+                if command.name not in self.commands:
+                    self.add_command(command)
+        return self.commands.get(cmd_name)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False

@@ -274,3 +274,6 @@ def _run_agent(
         sys.exit(EXIT_INTERRUPTED if interrupted else EXIT_INCOMPLETE)
     if report["error"]:
         sys.exit(EXIT_ERROR)
+
+
+COMMANDS = (analyze_command,)  # what `aiw` registers (app.cli.COMMAND_MODULES)
