@@ -62,7 +62,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from app.ai.base import AIProvider, AIRequest, AIResponse, Usage
 from app.ai.codegen_stats import RunRecord, combine, tracked_runs
-from app.codegen import Agent, Task
 from app.codegen.options import DEFAULT_MODEL as DEFAULT_MODEL
 from app.codegen.options import (
     IGNORED_OPTIONS,
@@ -81,6 +80,7 @@ from app.core.errors import (
 
 if TYPE_CHECKING:
     from app.ai.pricing import PriceTable
+    from app.codegen import Agent, Task
     from app.config import Settings
     from app.core.budget import CodegenLimiter
 
@@ -168,6 +168,8 @@ class CodegenProvider(AIProvider):
         return self._agent
 
     def _make_agent(self) -> Agent:
+        from app.codegen import Agent  # the HTTP client, on first use (not on a check)
+
         s = self.settings
         if s.codegen_token is None or s.codegen_org_id is None:
             raise ProviderNotConfiguredError(

@@ -24,10 +24,12 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from app.codegen.models import Repo, RepoPage
 from app.core.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from app.codegen.models import Repo, RepoPage
 
 #: Seconds a name -> id map stays fresh.
 DEFAULT_TTL = 300.0
@@ -38,7 +40,7 @@ MAX_REPOSITORY_LENGTH = 140
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 #: ``fetch_page(skip, limit)``: one page of the organization's repositories.
-FetchPage = Callable[[int, int], RepoPage]
+FetchPage = Callable[[int, int], "RepoPage"]
 
 
 class RepoLookup(Protocol):
