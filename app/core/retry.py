@@ -22,8 +22,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-import tenacity
-
 from app.core.errors import AIProviderError
 
 if TYPE_CHECKING:
@@ -119,6 +117,7 @@ class RetryPolicy:
         before_sleep: Callable[[BaseException, float], None] | None = None,
     ) -> T:
         """Run ``fn`` with this policy, blocking between tries. Re-raises the last error."""
+        import tenacity  # here: checking and queueing a request (aiw submit) needs no loop
 
         def wait(state: tenacity.RetryCallState) -> float:
             assert state.outcome is not None
