@@ -327,14 +327,21 @@ def _find_by_key(key: str) -> uuid.UUID | None:
         return session.scalar(select(AIRequestRow.id).where(AIRequestRow.idempotency_key == key))
 
 
+_JOBS = AIRequestRow.__table__
+
+
 def get_job(job_id: uuid.UUID | str) -> Job:
-    """The job as it stands now; ``JobNotFoundError`` when there is none."""
+    """The job as it stands now; ``JobNotFoundError`` when there is none.
+
+    A Core SELECT of the row (its columns are named as the model's attributes): the
+    same values as ``session.get``, without configuring every ORM mapper on the first
+    read of a process (a third of a short-lived ``aiw submit``'s database time)."""
     jid = _parse_id(job_id)
     with session_scope() as session:
-        row = session.get(AIRequestRow, jid)
-        if row is None:
-            raise JobNotFoundError(f"no job {job_id}")
-        return Job.model_validate(row)
+        row = session.execute(select(_JOBS).where(_JOBS.c.id == jid)).mappings().first()
+    if row is None:
+        raise JobNotFoundError(f"no job {job_id}")
+    return Job.model_validate(dict(row))
 
 
 def get_attempts(job_id: uuid.UUID | str) -> list[Attempt]:
