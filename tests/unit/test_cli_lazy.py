@@ -1,8 +1,8 @@
 """What ``aiw submit`` imports: the command's own module, settings, SQLAlchemy and the
 database driver, Celery (its publisher); not the other command groups, the worker's
-tasks and signals, the provider SDKs, rich,
-the Codegen HTTP client, the metrics exporter or Alembic (it starts as a new process each
-time: every import is paid on every submit)."""
+tasks and signals, the provider SDKs, rich, the Codegen HTTP client, the metrics
+exporter or Alembic (it starts as a new process each time: every import is paid on
+every submit)."""
 
 from __future__ import annotations
 
