@@ -29,10 +29,16 @@ second, half with the receiver answering at once, then half with it stalling
 - one process: every queue (``topology.QUEUES``) on one process of
   ``AIW_WORKER_CONCURRENCY`` (32) shared threads, the old shape.
 
-Run each under the benchmark lock (no two benchmarks at once on a shared machine)::
+Run each under the benchmark lock (no two benchmarks at once on a shared machine). All
+three 429 cases at 2,000 jobs take about 9 minutes on 2 cores (ai-worker alone about 6),
+so they can be split with ``--cases``::
 
     AIW_BENCH_REDIS_DB=7 AIW_BENCH_DB_PREFIX=aiw_faults_ flock /tmp/aiw-bench.lock \\
         .venv/bin/python -m bench.faults --scenario 429 --jobs 2000
+    AIW_BENCH_REDIS_DB=7 AIW_BENCH_DB_PREFIX=aiw_faults_ flock /tmp/aiw-bench.lock \\
+        .venv/bin/python -m bench.faults --scenario 429 --cases handwritten,aiworker
+    AIW_BENCH_REDIS_DB=7 AIW_BENCH_DB_PREFIX=aiw_faults_ flock /tmp/aiw-bench.lock \\
+        .venv/bin/python -m bench.faults --scenario 429 --cases aiworker-2models
     AIW_BENCH_REDIS_DB=7 AIW_BENCH_DB_PREFIX=aiw_faults_ flock /tmp/aiw-bench.lock \\
         .venv/bin/python -m bench.faults --scenario bulkhead --ai-jobs 300 --stall 30
 """
