@@ -2,7 +2,9 @@
 
 A plain Celery app of its own (JSON, acks_late, prefetch 1, threads pool, no result
 backend) with one task that asks an OpenAI-compatible server through the official
-``openai`` SDK (one client per process, made on first use, no SDK retries) and stores
+``openai`` SDK (one client per process, made on first use, no SDK retries unless
+``HANDWRITTEN_SDK_RETRIES`` says how many: 2 is the SDK's default, which waits out a
+429's ``retry-after-ms``/``retry-after`` in the calling thread) and stores
 the answer with one INSERT into a table of its own, ``handwritten_answers``, through a
 small SQLAlchemy Core engine. No job row before the call, no claim, no attempt or usage
 rows, no retry policy, no fallback, no events: the least a user gets away with.
@@ -93,7 +95,7 @@ def client() -> OpenAI:
                 api_key=os.environ["OPENAI_API_KEY"],
                 base_url=os.environ.get("OPENAI_BASE_URL"),
                 timeout=float(os.environ.get("OPENAI_TIMEOUT", "60")),
-                max_retries=0,
+                max_retries=int(os.environ.get("HANDWRITTEN_SDK_RETRIES", "0")),
             )
         return _client
 

@@ -35,6 +35,12 @@ What it does, as the real API does:
   (``rate_limited`` counts them). A test scales the minute down by setting the window
   (e.g. 6 s) and keeping the per-minute numbers: the same requests and tokens per window,
   the same headers, only a faster clock.
+- ``srv.rate_limit_randomly(0.2, retry_after=1.0, models=["gpt-4o-mini"], seed=1)``
+  answers a random 20 % of the chat completions (of those models; of every model when
+  ``models`` is None) 429 as the real API does when a limit is reached: body type
+  ``requests``, code ``rate_limit_exceeded``, ``retry-after-ms`` and ``retry-after``,
+  the ``x-ratelimit-*`` headers; not counted in the window. ``random_rate_limited``
+  counts them per model; ``rate_limit_randomly(0)`` stops it.
 - ``GET /v1/models`` and ``GET /v1/models/{id}``.
 - ``Fault.huge_body`` answers a chat completion whose content is the filler.
 - Status faults (``srv.faults``) answer in OpenAI's error shape; see ``fault_reply``,
@@ -44,6 +50,7 @@ What it does, as the real API does:
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 import uuid
@@ -219,6 +226,10 @@ class FakeOpenAIServer(FakeServer):
         self.rate_limit_tokens = 2_000_000
         self.rate_limit_window = 60.0
         self.rate_limited = 0  # 429s answered for the limits (not faults)
+        # rate_limit_randomly(): (rate, models or None for all, retry-after seconds)
+        self._random_429: tuple[float, frozenset[str] | None, float] = (0.0, None, 1.0)
+        self._random_429_rng = random.Random()
+        self.random_rate_limited: dict[str, int] = {}  # model -> random 429s answered
         self._log: deque[tuple[float, int]] = deque()  # (arrival, tokens) in the window
         self._rl_lock = threading.Lock()
         self.created = int(time.time())
@@ -280,6 +291,43 @@ class FakeOpenAIServer(FakeServer):
             code="rate_limit_exceeded",
         )
         headers = {**self._headers(), "retry-after-ms": str(max(1, round(wait * 1000)))}
+        return Reply(429, body, headers)
+
+    def rate_limit_randomly(
+        self,
+        rate: float,
+        *,
+        retry_after: float = 1.0,
+        models: Iterable[str] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        """Answer a random ``rate`` of the chat completions of ``models`` (every model
+        when None) 429 ``rate_limit_exceeded`` with a ``retry_after`` s wait; 0 stops it."""
+        with self._rl_lock:
+            chosen = frozenset(models) if models is not None else None
+            self._random_429 = (rate, chosen, retry_after)
+            self._random_429_rng = random.Random(seed)
+
+    def _random_rate_limit(self, model: str) -> Reply | None:
+        with self._rl_lock:
+            rate, models, wait = self._random_429
+            if not rate or (models is not None and model not in models):
+                return None
+            if self._random_429_rng.random() >= rate:
+                return None
+            self.random_rate_limited[model] = self.random_rate_limited.get(model, 0) + 1
+        body = openai_error(
+            f"Rate limit reached for {model} on requests per min (RPM): Limit "
+            f"{self.rate_limit_requests}, Used {self.rate_limit_requests}, Requested 1. "
+            f"Please try again in {_format_reset(wait)}.",
+            type="requests",
+            code="rate_limit_exceeded",
+        )
+        headers = {
+            **self._headers(),
+            "retry-after-ms": str(max(1, round(wait * 1000))),
+            "retry-after": str(max(1, round(wait))),
+        }
         return Reply(429, body, headers)
 
     def _headers(self) -> dict[str, str]:
@@ -481,6 +529,9 @@ class FakeOpenAIServer(FakeServer):
             return problem
         assert isinstance(body, dict)
         model: str = body["model"]
+        limited = self._random_rate_limit(model)
+        if limited is not None:
+            return limited
         prompt_tokens = sum(count_words(message_text(m)) for m in body["messages"])
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         window = self.context_windows.get(model, DEFAULT_CONTEXT)

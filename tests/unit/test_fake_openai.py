@@ -343,3 +343,21 @@ def test_model_aliases_answer_with_snapshot_name(fake_openai: FakeOpenAIServer) 
     fake_openai.model_aliases["gpt-4o"] = "gpt-4o-2024-08-06"
     body = post_chat(fake_openai, {**chat_body(), "model": "gpt-4o"}).json()
     assert body["model"] == "gpt-4o-2024-08-06"
+
+
+def test_random_rate_limits_only_the_chosen_models(fake_openai: FakeOpenAIServer) -> None:
+    fake_openai.rate_limit_randomly(0.5, retry_after=1.0, models=["gpt-4o-mini"], seed=7)
+    statuses = [post_chat(fake_openai, chat_body()).status_code for _ in range(40)]
+    assert 5 < statuses.count(429) < 35 and set(statuses) == {200, 429}
+    assert fake_openai.random_rate_limited == {"gpt-4o-mini": statuses.count(429)}
+    other = [post_chat(fake_openai, chat_body(model="gpt-4.1-mini")) for _ in range(20)]
+    assert {r.status_code for r in other} == {200}
+    fake_openai.rate_limit_randomly(1.0)
+    resp = post_chat(fake_openai, chat_body(model="gpt-4.1-mini"))
+    error = assert_error_shape(resp, 429, "rate_limit_exceeded")
+    assert error["type"] == "requests"
+    assert resp.headers["retry-after-ms"] == "1000" and resp.headers["retry-after"] == "1"
+    for name in RATE_LIMIT_HEADERS:
+        assert resp.headers[name]
+    fake_openai.rate_limit_randomly(0)
+    assert post_chat(fake_openai, chat_body()).status_code == 200
