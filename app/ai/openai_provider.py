@@ -60,6 +60,7 @@ from app.core.errors import (
     InvalidRequestError,
     ProviderConnectionError,
     ProviderQuotaError,
+    ProviderRateLimitError,
     ProviderResponseError,
     ProviderTimeoutError,
     error_for_status,
@@ -218,6 +219,8 @@ def map_openai_error(exc: Exception, *, timeout: float | None) -> AIProviderErro
                 status, message, provider_name=PROVIDER_NAME, request_id=request_id,
                 retry_after=retry_after,
             )
+        if isinstance(error, ProviderRateLimitError):
+            error.limits = rate_limit_info(exc.response.headers) or None
         return error
     if isinstance(exc, openai.APIResponseValidationError):
         return ProviderResponseError(

@@ -147,9 +147,13 @@ class ContextTooLongError(ProviderBadRequestError):
 
 
 class ProviderRateLimitError(AIProviderError):
-    """429. ``retry_after`` is the server's wait in seconds, when it said one."""
+    """429. ``retry_after`` is the server's wait in seconds, when it said one;
+    ``limits`` what the answer's rate-limit headers said of the key's limits (for
+    OpenAI ``x-ratelimit-*``: ``{"remaining_requests": 0, "remaining_tokens": 812,
+    ...}``), None when it sent none."""
 
     retryable = True
+    limits: dict[str, Any] | None = None
 
 
 class ProviderTimeoutError(AIProviderError):

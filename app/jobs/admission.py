@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from app.ai.base import AIProvider, AIRequest, AIResponse
     from app.config import Settings
     from app.core.admission import Ticket
+    from app.core.errors import ProviderRateLimitError
     from app.jobs.records import Try
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,20 @@ def request_tokens(request: AIRequest) -> int:
         extra = request.extra.get("max_completion_tokens")
         cap = extra if isinstance(extra, int) else None
     return admission.estimate_tokens(chars, 2 if request.system_prompt else 1, cap)
+
+
+def limit_used_up(error: ProviderRateLimitError, request: AIRequest) -> bool:
+    """Whether a 429 says a limit that every call of its key (and model) shares is used
+    up, so that every worker should wait (a shared cooldown), rather than that this one
+    call was turned away. Used up unless the answer's headers show requests left and
+    tokens left for this call: a 429 with room left (a momentary refusal) makes only its
+    own job wait its Retry-After."""
+    limits = error.limits or {}
+    requests_left = limits.get("remaining_requests")
+    tokens_left = limits.get("remaining_tokens")
+    if not isinstance(requests_left, int) or not isinstance(tokens_left, int):
+        return True  # no headers (Codegen, a proxy): assume the worst
+    return requests_left <= 0 or tokens_left < request_tokens(request)
 
 
 def admit_job(

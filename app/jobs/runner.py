@@ -12,13 +12,15 @@ while the provider thinks (the claim machine is ``app.db.claims``):
    database (``awaiting_run``), no thread and no message wait for it, and the poller
    finishes it when the run ends.
 3. **Call** any other provider once (``generate_once``; the retry loop of this path is
-   the broker's), while the heartbeat keeps the claim's lease alive. A provider in a
-   shared cooldown is not called: the job is deferred until the cooldown ends. Nor is
-   one whose shared rate window is full (``app.jobs.admission``): the job is deferred to
-   the slot reserved for it. Neither wait spends a retry; both count against
-   ``AIW_RATE_LIMIT_WAIT_MAX``. A spend budget holds the call's estimate before it and
-   its real cost after it (``app.jobs.spend``); one that cannot admit it defers the job
-   or fails it.
+   the broker's), while the heartbeat keeps the claim's lease alive. A 429 whose
+   headers say a limit is used up (or that has none) starts a cooldown that every
+   worker shares (for OpenAI, of that model); one that shows room left makes only its
+   own job wait its Retry-After. A provider in a shared cooldown is not called: the
+   job is deferred until the cooldown ends. Nor is one whose shared rate window is
+   full (``app.jobs.admission``): the job is deferred to the slot reserved for it.
+   Neither wait spends a retry; both count against ``AIW_RATE_LIMIT_WAIT_MAX``. A
+   spend budget holds the call's estimate before it and its real cost after it
+   (``app.jobs.spend``); one that cannot admit it defers the job or fails it.
 4. **Record**, fenced by the claim token (``app.jobs.finish``), durably: an answer
    in hand is recorded when the database is back, never asked again.
 
@@ -110,7 +112,9 @@ def _call(claim: Claim, settings: Settings) -> Outcome:
         error = _InternalError(f"{type(exc).__name__}: {exc}", provider_name=tried.provider)
     latency = time.perf_counter() - t0
 
-    if isinstance(error, ProviderRateLimitError):
+    if isinstance(error, ProviderRateLimitError) and admission.limit_used_up(
+        error, claim.request
+    ):
         _start_cooldown(cooldown_name, provider.retry_policy.delay_for(error, 0), settings)
     admission.settle_job(ticket, response, settings)
 

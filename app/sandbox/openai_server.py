@@ -37,9 +37,11 @@ What it does, as the real API does:
   the same headers, only a faster clock.
 - ``srv.rate_limit_randomly(0.2, retry_after=1.0, models=["gpt-4o-mini"], seed=1)``
   answers a random 20 % of the chat completions (of those models; of every model when
-  ``models`` is None) 429 as the real API does when a limit is reached: body type
-  ``requests``, code ``rate_limit_exceeded``, ``retry-after-ms`` and ``retry-after``,
-  the ``x-ratelimit-*`` headers; not counted in the window. ``random_rate_limited``
+  ``models`` is None) 429 in the real API's shape (body type ``requests``, code
+  ``rate_limit_exceeded``, ``retry-after-ms`` and ``retry-after``) but with room left
+  in its ``x-ratelimit-*`` headers: a momentary refusal, not a limit used up (those
+  answer ``x-ratelimit-remaining-requests: 0``, as a ``Fault.rate_limit`` does); not
+  counted in the window. ``random_rate_limited``
   counts them per model; ``rate_limit_randomly(0)`` stops it.
 - ``GET /v1/models`` and ``GET /v1/models/{id}``.
 - ``Fault.huge_body`` answers a chat completion whose content is the filler.
@@ -316,10 +318,10 @@ class FakeOpenAIServer(FakeServer):
             if self._random_429_rng.random() >= rate:
                 return None
             self.random_rate_limited[model] = self.random_rate_limited.get(model, 0) + 1
+        # A momentary refusal: the headers still show the window's room (a limit used
+        # up answers remaining 0: the fake's own limits, or Fault.rate_limit).
         body = openai_error(
-            f"Rate limit reached for {model} on requests per min (RPM): Limit "
-            f"{self.rate_limit_requests}, Used {self.rate_limit_requests}, Requested 1. "
-            f"Please try again in {_format_reset(wait)}.",
+            f"Rate limit reached for {model}. Please try again in {_format_reset(wait)}.",
             type="requests",
             code="rate_limit_exceeded",
         )
@@ -392,8 +394,13 @@ class FakeOpenAIServer(FakeServer):
                  f"HTTP {fault.status}"),
             )
             body = openai_error(message, type=kind, code=code)
-        # Like the real API, an error still carries x-request-id and x-ratelimit-*.
-        return Reply(fault.status, body, {**self._headers(), **fault.headers})
+        # Like the real API, an error still carries x-request-id and x-ratelimit-*; a
+        # rate-limit 429 says the limit it hit is used up (the fault's headers win).
+        headers = self._headers()
+        error = body.get("error") if isinstance(body, dict) else None
+        if fault.status == 429 and (error or {}).get("code") != "insufficient_quota":
+            headers["x-ratelimit-remaining-requests"] = "0"
+        return Reply(fault.status, body, {**headers, **fault.headers})
 
     # routing -------------------------------------------------------------------------------
     def dispatch(self, request: Request) -> Reply:

@@ -384,3 +384,50 @@ def test_limits_learned_from_the_headers_hold_back_the_next_calls(
     assert get_attempts(jobs[actions.index("retry")].id)[-1].outcome == "deferred"
     assert openai_env.rate_limited == 0
     assert len(openai_env.chat_requests()) == actions.count("done") <= 5
+
+
+def test_a_429_with_room_left_makes_only_its_own_job_wait(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer
+) -> None:
+    """A momentary 429 (its headers show requests and tokens left) is no reason to stop
+    every call of the model: the next job is called at once; the refused one waits its
+    own Retry-After."""
+    openai_env.rate_limit_randomly(1.0, retry_after=2.0)
+    refused = submit("unlucky")
+    outcome = run_job(refused.id)
+    assert outcome.action == "retry" and outcome.countdown == 2
+    openai_env.rate_limit_randomly(0)
+    lucky = run_job(submit("next").id)
+    assert (lucky.action, lucky.status) == ("done", JobStatus.SUCCEEDED)
+    assert len(openai_env.chat_requests()) == 2  # called, not deferred by a cooldown
+
+
+def test_a_429_that_says_the_limit_is_used_up_stops_every_call_of_the_model(
+    published: RecordingPublisher, openai_env: FakeOpenAIServer
+) -> None:
+    openai_env.faults.push(Fault.rate_limit(retry_after=2))  # remaining requests: 0
+    assert run_job(submit("first").id).action == "retry"
+    held = run_job(submit("second").id)
+    assert held.action == "retry" and 1 < (held.countdown or 0) <= 3
+    assert len(openai_env.chat_requests()) == 1  # the second waited without a call
+    assert [a.outcome for a in get_attempts(held.id)] == ["deferred"]
+
+
+@pytest.mark.parametrize(
+    ("limits", "used_up"),
+    [
+        (None, True),  # no headers: assume the worst
+        ({"remaining_requests": 0, "remaining_tokens": 90_000}, True),
+        ({"remaining_requests": 40, "remaining_tokens": 3}, True),  # not this call's tokens
+        ({"remaining_requests": 40}, True),
+        ({"remaining_requests": 40, "remaining_tokens": 90_000}, False),
+    ],
+)
+def test_which_429_says_a_limit_is_used_up(limits: Any, used_up: bool) -> None:
+    from app.ai.base import AIRequest
+    from app.core.errors import ProviderRateLimitError
+    from app.jobs.admission import limit_used_up
+
+    error = ProviderRateLimitError("429", provider_name="openai")
+    error.limits = limits
+    assert limit_used_up(error, AIRequest(prompt="a prompt of a few tokens")) is used_up
