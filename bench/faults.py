@@ -181,6 +181,7 @@ def scenario_429(args: argparse.Namespace, cases: list[str]) -> None:
             case, n, seconds, ok / seconds, None, cpu, w.rss_mb(),
             note=f"429s {limited:>5}  attempts/job {attempts:5.2f}  exactly once "
                  f"{once}/{n}{note}",
+            machine_cpu_s=w.machine_cpu(), others_cpu_s=w.others_cpu(),
         )
 
     def hand(b: Bed) -> CaseResult:
