@@ -49,8 +49,13 @@ def one_line_error(r: Result, code: int | None = None) -> str:
 
 
 def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command under ``group``, asked as click asks (``aiw`` loads its command
+    modules on first look-up: ``group.commands`` alone may still be empty)."""
     paths = []
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         paths.append((*prefix, name))
         if isinstance(command, click.Group):
             paths += command_paths(command, (*prefix, name))
