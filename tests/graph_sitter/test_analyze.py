@@ -128,6 +128,9 @@ def test_an_interrupted_analysis_resumes_without_redoing_finished_symbols(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C reaches it as a terminal's would, even when this test runs where SIGINT
+        # is ignored (a background job of a shell): an ignored SIGINT is inherited.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while counts().get("succeeded", 0) < 2:
