@@ -72,8 +72,6 @@ from bench.harness import (
 
 MODEL_A, MODEL_B = "gpt-4o-mini", "gpt-4.1-mini"
 CASES_429 = ("handwritten", "aiworker", "aiworker-2models")
-# The harness's tables label cases by this dict: the one case of this module only.
-CASE_LABELS.setdefault("aiworker-2models", "ai-worker, 2 models (429s on A)")
 POLL = 0.1
 QUIET = 5.0  # seconds without progress or requests: the rest will not finish
 

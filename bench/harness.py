@@ -163,6 +163,7 @@ CASE_LABELS = {
     "noop": "raw Celery no-op",
     "handwritten": "hand-written Celery+openai+INSERT",
     "aiworker": "ai-worker whole path",
+    "aiworker-2models": "ai-worker, 2 models (429s on A)",  # bench.faults
 }
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -269,7 +269,5 @@ def _not_claimed(row: AIRequestRow, now: datetime, settings: Settings) -> Outcom
     return Outcome(jid, "skipped", status, reason="owned by another worker")
 
 
-_digests: dict[tuple[int, str], str] = {}
-
 
 __all__ = ["LOST_DETAIL", "claim_try"]

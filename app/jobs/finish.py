@@ -31,11 +31,7 @@ def over_budget(
 ) -> Outcome:
     """A spend budget keeps the call out: the job fails, or waits (``app.jobs.spend``)."""
     if refusal.error is not None:
-        error = refusal.error
-        return record_durably(
-            lambda: record(claim, provider, 0.0, None, error, settings),
-            what=f"job {claim.tried.job_id}",
-        )
+        return _record_uncalled(claim, provider, refusal.error, settings)
     return defer(claim, refusal.wait, settings, detail=refusal.detail, reason=refusal.reason)
 
 
@@ -55,10 +51,7 @@ def wait_or_fail(
     if records.waited(tried, utcnow()) + waiting > settings.aiw_rate_limit_wait_max:
         # Waited out rate limits long enough: the reason it fails (or falls back).
         error = ProviderRateLimitError(why, provider_name=tried.provider, retry_after=waiting)
-        return record_durably(
-            lambda: record(claim, provider, 0.0, None, error, settings),
-            what=f"job {tried.job_id}",
-        )
+        return _record_uncalled(claim, provider, error, settings)
     return defer(claim, waiting, settings, detail=detail, jitter=jitter)
 
 
@@ -79,7 +72,7 @@ def defer(
     delay = waiting + (random.uniform(0, min(1.0, waiting * 0.1)) if jitter else 0.0)
     values, action, countdown = records.wait_values(delay, now, settings)
 
-    def record() -> Outcome:
+    def write() -> Outcome:
         with session_scope() as session:
             changed = session.execute(
                 update(AIRequestRow)
@@ -107,7 +100,17 @@ def defer(
             reason=reason or f"{tried.provider} waits {waiting:.2f} s (rate limits)",
         )
 
-    return record_durably(record, what=f"job {tried.job_id}")
+    return record_durably(write, what=f"job {tried.job_id}")
+
+
+def _record_uncalled(
+    claim: Claim, provider: AIProvider, error: AIProviderError, settings: Settings
+) -> Outcome:
+    """Record ``error`` as the try's end without a call (durably, like an answer)."""
+    return record_durably(
+        lambda: record(claim, provider, 0.0, None, error, settings),
+        what=f"job {claim.tried.job_id}",
+    )
 
 
 def record(
