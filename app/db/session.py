@@ -35,6 +35,7 @@ connection is shared across processes.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -76,6 +77,7 @@ def database_url(settings: Settings | None = None) -> str:
     return f"sqlite:///{data_dir / SQLITE_FILENAME}"
 
 
+@functools.lru_cache(maxsize=16)
 def _normalize(url: str) -> str:
     parsed = make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
@@ -202,6 +204,9 @@ def get_hot_engine(url: str | None = None) -> Engine:
                 # jobs at 32 threads); at most twenty, as the default's fifteen.
                 pool_size=10,
                 max_overflow=10,
+                # Autocommit: a connection given back is never inside a transaction,
+                # so the pool's ROLLBACK on return would reset nothing.
+                pool_reset_on_return=None,
             )
         return engine
 

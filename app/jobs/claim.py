@@ -21,8 +21,9 @@ from app.ai.base import AIRequest
 from app.core.errors import AIProviderError, ProviderUnavailableError
 from app.db.base import utcnow
 from app.db.claims import Outcome, claim_values, claimable, fenced, lease_until
+from app.db.hot import hot_cursor
 from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
-from app.db.session import get_hot_engine, session_scope
+from app.db.session import session_scope
 from app.jobs import context, hotpath, records, remote, tag_caps
 from app.jobs.context import Claim
 from app.jobs.records import Try
@@ -58,9 +59,9 @@ def claim_try(jid: uuid.UUID, token: str, settings: Settings) -> Claim | Outcome
     caps = context.tag_caps(settings)
     if not context.on_postgresql(settings):
         return _claim_portable(jid, token, now, settings, caps, [])
-    with get_hot_engine().connect() as conn:
+    with hot_cursor() as cur:
         claimed = hotpath.claim(
-            conn,
+            cur,
             jid,
             token,
             now=now,

@@ -14,8 +14,9 @@ from app.ai.base import AIProvider, AIResponse
 from app.core.errors import AIProviderError, ProviderRateLimitError
 from app.db.base import utcnow
 from app.db.claims import Outcome, fenced, record_durably
+from app.db.hot import hot_cursor
 from app.db.models import AIRequestRow, AttemptOutcome, JobStatus
-from app.db.session import get_hot_engine, session_scope
+from app.db.session import session_scope
 from app.jobs import context, hotpath, records, spend
 from app.jobs.context import Claim
 from app.webhooks.events import publish_deliveries
@@ -173,9 +174,9 @@ def _record_pg(
     usage = None
     if response is not None:
         usage = records.usage_values(tried.job_id, tried.attempt_id, response, latency, now)
-    with get_hot_engine().connect() as conn:
+    with hot_cursor() as cur:
         held, deliveries = hotpath.record(
-            conn,
+            cur,
             tried.job_id,
             fence=hotpath.FENCE_CLAIM,
             fence_params={"f_token": claim.token},

@@ -2,7 +2,8 @@
 
 The runner's steps are the same on every database (``app.jobs.runner``); this module
 is how PostgreSQL does the two that every job takes, as one round trip each, with SQL
-written once (psycopg prepares it on the server after a few runs) and no ORM on the way:
+written once (psycopg prepares it on the server after a few runs), on a pooled psycopg
+cursor (``app.db.hot``: no ORM, nor SQLAlchemy's Connection and result layers, on the way):
 
 - **claim**: the conditional UPDATE of the claim machine (``app.db.claims.claimable``,
   written out), the provider chain fixed on the first claim, the earlier attempts still
@@ -31,7 +32,8 @@ from enum import Enum
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy.engine import Connection
+from psycopg import Cursor
+from psycopg.rows import dict_row
 
 from app.webhooks.events import ai_request_payload, new_event_id
 
@@ -95,7 +97,7 @@ _USAGE_COLUMNS = (
 
 
 def claim(
-    conn: Connection,
+    cur: Cursor[Any],
     job_id: uuid.UUID,
     token: str,
     *,
@@ -109,24 +111,24 @@ def claim(
     """Claim the job and write its attempt; the claimed row (with ``attempt_id``, None
     when the chain has no provider left) or None when it is not claimable now, or has
     one of the ``capped`` tags (``app.jobs.tag_caps`` claims those)."""
-    row = (
-        conn.exec_driver_sql(
-            CLAIM_SQL,
-            {
-                "id": job_id,
-                "token": token,
-                "now": now,
-                "lease": lease,
-                "auto": json.dumps(list(automatic)),
-                "defaults": json.dumps(dict(default_models)),
-                "lost": lost_detail,
-                "capped": list(capped),
-            },
-        )
-        .mappings()
-        .first()
+    cur.row_factory = dict_row
+    cur.execute(
+        CLAIM_SQL,
+        {
+            "id": job_id,
+            "token": token,
+            "now": now,
+            "lease": lease,
+            "auto": json.dumps(list(automatic)),
+            "defaults": json.dumps(dict(default_models)),
+            "lost": lost_detail,
+            "capped": list(capped),
+        },
     )
-    return None if row is None else dict(row)
+    row: dict[str, Any] | None = cur.fetchone()
+    return row
+
+
 
 
 @functools.cache
@@ -180,7 +182,7 @@ def _plain(value: Any, column: str) -> Any:
 
 
 def record(
-    conn: Connection,
+    cur: Cursor[Any],
     job_id: uuid.UUID,
     *,
     fence: str,
@@ -215,8 +217,11 @@ def record(
             e_payload=json.dumps(payload, default=str, allow_nan=False),
         )
     sql = _record_sql(columns, usage is not None, finished is not None, fence)
-    row = conn.exec_driver_sql(sql, params).mappings().one()
-    return bool(row["held"]), list(row["deliveries"] or [])
+    cur.execute(sql, params)
+    row = cur.fetchone()
+    assert row is not None  # the tail SELECT always answers one row
+    held, deliveries = row
+    return bool(held), list(deliveries or [])
 
 
 FENCE_CLAIM = "claim_token = %(f_token)s"
