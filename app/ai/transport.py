@@ -64,6 +64,10 @@ from app.core.transfer import Deadline, answer_too_large, declared_length
 
 log = logging.getLogger(__name__)
 
+#: The HTTP response class of the SDK's library (a ``cast_to`` that makes the SDK hand
+#: back the response itself, unparsed).
+Response = httpx.Response
+
 #: The openai SDK's own connection limits (``openai._constants.DEFAULT_CONNECTION_LIMITS``).
 CONNECTION_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 #: Where a request's deadline travels (a redirect copies the extensions).

@@ -484,6 +484,37 @@ def test_json_without_choices(provider: OpenAIProvider, openai_env: FakeOpenAISe
         provider.generate_once(provider.build_request("hi"))
 
 
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ([{"choices": []}], "no choices"),  # JSON, but not an object
+        ({"choices": "many"}, "no choices"),
+        ({"choices": [{"index": 0, "message": "hi"}]}, "has no message"),
+        ({"choices": [{"index": 0, "message": {"content": ["a"]}}]}, "a list, not text"),
+    ],
+)
+def test_answers_of_the_wrong_shape_are_response_errors(
+    provider: OpenAIProvider, openai_env: FakeOpenAIServer, body: object, match: str
+) -> None:
+    openai_env.faults.push(Fault.status_code(200, body=body))
+    with pytest.raises(ProviderResponseError, match=match):
+        provider.generate_once(provider.build_request("hi"))
+
+
+def test_odd_usage_counts_as_zero(provider: OpenAIProvider, openai_env: FakeOpenAIServer) -> None:
+    message = {"role": "assistant", "content": "ok"}
+    body = {
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": "3", "completion_tokens": 2, "prompt_tokens_details": None},
+    }
+    openai_env.faults.push(Fault.status_code(200, body=body))
+    response = provider.generate_once(provider.build_request("hi"))
+    assert (response.content, response.usage.prompt_tokens) == ("ok", 0)
+    assert (response.usage.completion_tokens, response.usage.cached_tokens) == (2, 0)
+    assert response.metadata["finish_reason"] == "stop"
+
+
 def test_context_too_long(provider: OpenAIProvider, openai_env: FakeOpenAIServer) -> None:
     prompt = " ".join(["word"] * (TINY_CONTEXT + 5))
     with pytest.raises(ContextTooLongError) as info:
