@@ -42,10 +42,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.engine import URL, Connection, make_url
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
     from app.config import Settings
 
 SQLITE_FILENAME = "aiw.sqlite3"
@@ -213,6 +214,8 @@ def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
     with _lock:
         factory = _sessionmakers.get(key)
         if factory is None:
+            from sqlalchemy.orm import sessionmaker  # not on the ORM-free paths (aiw submit)
+
             factory = _sessionmakers[key] = sessionmaker(bind=engine, expire_on_commit=False)
         return factory
 
@@ -229,6 +232,21 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def statement_scope(url: str | None = None) -> Iterator[Connection]:
+    """A Core connection for a statement that stands alone, committed when the block ends
+    without an error: on PostgreSQL the hot engine's (autocommit: no ping, no BEGIN, each
+    statement atomic by itself), elsewhere a transaction on ``get_engine`` (on SQLite a
+    ``BEGIN IMMEDIATE``). No ORM: what ``aiw submit`` writes and reads goes through here."""
+    key = url or database_url()
+    if key.startswith("postgresql"):
+        with get_hot_engine(key).connect() as conn:
+            yield conn
+    else:
+        with get_engine(key).begin() as conn:
+            yield conn
 
 
 _AFTER_COMMIT = "aiw.after_commit"

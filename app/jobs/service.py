@@ -9,6 +9,10 @@ the row (status ``queued``), commits, and only then publishes a message that
 carries the row id. If publishing fails the job is still accepted: the sweep
 publishes it later. The database is the source of truth; the broker is only
 the transport.
+
+``aiw submit`` is a new process each time, so what it runs (``submit``, ``get_job``)
+writes and reads the row with SQLAlchemy Core on ``app.db.tables.AI_REQUESTS`` and never
+imports the ORM; the functions that need the ORM models import them when called.
 """
 
 from __future__ import annotations
@@ -37,10 +41,10 @@ from app.core.errors import (
 )
 from app.core.priorities import NORMAL, check_priority
 from app.core.publisher import PublishError, get_publisher
-from app.db.base import utcnow
 from app.db.ids import parse_id, resolve_id
-from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
-from app.db.session import database_url, get_hot_engine, session_scope
+from app.db.session import session_scope, statement_scope
+from app.db.tables import AI_REQUESTS, JobStatus
+from app.db.types import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +117,8 @@ def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID:
     parsed = parse_id(job_id, JobNotFoundError, "job")
     if isinstance(parsed, uuid.UUID):
         return parsed
-    with session_scope() as session:
-        return resolve_id(session, AIRequestRow.id, job_id, JobNotFoundError, "job")
+    with statement_scope() as conn:
+        return resolve_id(conn, AI_REQUESTS.c.id, job_id, JobNotFoundError, "job")
 
 
 def _check_json(name: str, value: Any) -> None:
@@ -291,18 +295,14 @@ def submit(
     return JobHandle(job_id)
 
 
-_INSERT = insert(AIRequestRow)
+_INSERT = insert(AI_REQUESTS)
 
 
 def _insert(values: dict[str, Any]) -> None:
-    """One INSERT: on PostgreSQL in autocommit on the hot engine (no ping, no BEGIN)."""
-    url = database_url()
-    if url.startswith("postgresql"):
-        with get_hot_engine(url).connect() as conn:
-            conn.execute(_INSERT, values)
-    else:
-        with session_scope() as session:
-            session.execute(_INSERT, values)
+    """One INSERT, committed: on PostgreSQL in autocommit on the hot engine (no ping, no
+    BEGIN)."""
+    with statement_scope() as conn:
+        conn.execute(_INSERT, values)
 
 
 def publish(job_id: uuid.UUID, countdown: float | None = None, *, priority: str) -> bool:
@@ -323,28 +323,30 @@ def publish(job_id: uuid.UUID, countdown: float | None = None, *, priority: str)
 
 
 def _find_by_key(key: str) -> uuid.UUID | None:
-    with session_scope() as session:
-        return session.scalar(select(AIRequestRow.id).where(AIRequestRow.idempotency_key == key))
-
-
-_JOBS = AIRequestRow.__table__
+    with statement_scope() as conn:
+        found: uuid.UUID | None = conn.scalar(
+            select(AI_REQUESTS.c.id).where(AI_REQUESTS.c.idempotency_key == key)
+        )
+        return found
 
 
 def get_job(job_id: uuid.UUID | str) -> Job:
     """The job as it stands now; ``JobNotFoundError`` when there is none.
 
     A Core SELECT of the row (its columns are named as the model's attributes): the
-    same values as ``session.get``, without configuring every ORM mapper on the first
-    read of a process (a third of a short-lived ``aiw submit``'s database time)."""
+    same values as ``session.get``, without importing the ORM or configuring every
+    mapper on the first read of a process (``aiw submit``)."""
     jid = _parse_id(job_id)
-    with session_scope() as session:
-        row = session.execute(select(_JOBS).where(_JOBS.c.id == jid)).mappings().first()
+    with statement_scope() as conn:
+        row = conn.execute(select(AI_REQUESTS).where(AI_REQUESTS.c.id == jid)).mappings().first()
     if row is None:
         raise JobNotFoundError(f"no job {job_id}")
     return Job.model_validate(dict(row))
 
 
 def get_attempts(job_id: uuid.UUID | str) -> list[Attempt]:
+    from app.db.models import AttemptRow
+
     with session_scope() as session:
         rows = session.scalars(
             select(AttemptRow)
@@ -364,6 +366,8 @@ def list_jobs(
     offset: int = 0,
 ) -> list[Job]:
     """Newest first. ``status`` one or several; ``provider`` matches the one that answered."""
+    from app.db.models import AIRequestRow
+
     if not 0 < limit <= 1000:
         raise InvalidRequestError("limit must be between 1 and 1000")
     query = select(AIRequestRow).order_by(AIRequestRow.created_at.desc(), AIRequestRow.id)
@@ -397,6 +401,8 @@ def cancel(job_id: uuid.UUID | str) -> bool:
     for it; Codegen has no cancel endpoint, so the run goes on there and stays tracked
     as an agent run of its own (``aiw agent show``).
     """
+    from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow
+
     now = utcnow()
     jid = _parse_id(job_id)
     with session_scope() as session:
