@@ -29,6 +29,8 @@ NOT_ON_SUBMIT = (
     # The ORM: submit writes and reads its one row with Core (app.db.tables).
     "sqlalchemy.orm", "app.db.models", "app.db.base", "app.db.agent_run_models",
     "app.db.webhook_models", "app.db.budget_models",
+    # Celery's result machinery: ai-worker has no result backend (workers.publisher).
+    "celery.backends", "celery.result",
 )  # fmt: skip
 
 #: Run ``aiw submit`` in a fresh interpreter and print what it imported (at exit, so the
