@@ -22,10 +22,11 @@ Dialects:
   ``session.begin_nested()`` behave as on PostgreSQL.
 
 The transaction boundary is ``session_scope()``: it commits on success, rolls
-back on any exception and always closes. Helpers that take a ``Session`` flush
-if they need ids but never commit. Sessions do not expire objects on commit, so
-plain attributes of rows stay readable after the scope closes (relationships
-are ``lazy="raise"`` anyway).
+back on any exception and always closes (``statement_scope()`` is its Core
+counterpart for a statement that stands alone: ``aiw submit`` imports no ORM).
+Helpers that take a ``Session`` flush if they need ids but never commit.
+Sessions do not expire objects on commit, so plain attributes of rows stay
+readable after the scope closes (relationships are ``lazy="raise"`` anyway).
 
 Engines are made on first use, so a Celery prefork child normally builds its
 own. If a child may have inherited engines from its parent, call
