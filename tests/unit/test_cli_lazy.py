@@ -28,7 +28,7 @@ NOT_ON_SUBMIT = (
     "app.webhooks", "app.jobs.agent_runs", "app.sandbox",
     # The ORM: submit writes and reads its one row with Core (app.db.tables).
     "sqlalchemy.orm", "app.db.models", "app.db.base", "app.db.agent_run_models",
-    "app.db.webhook_models", "app.db.budget_models",
+    "app.db.webhook_models", "app.db.budget_models", "app.jobs.job_admin",
     # Celery's result machinery: ai-worker has no result backend (workers.publisher).
     "celery.backends", "celery.result",
 )  # fmt: skip
