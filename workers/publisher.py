@@ -27,6 +27,20 @@ REDIS_PRIORITY = {HIGH: 0, NORMAL: 3, LOW: 6}
 REDIS_SCHEMES = ("redis://", "rediss://", "sentinel://", "redis+socket://")
 
 
+class SentTask:
+    """What ``send_task`` hands back here instead of an ``AsyncResult``: the task id only.
+
+    There is no result backend (the database holds every result), and an ``AsyncResult``
+    builds the app's backend when it is made: for a new process (``aiw submit``) that is
+    the import of Celery's backend machinery and a scan of every installed package's
+    entry points, for a result nobody reads."""
+
+    ignored: bool | None = None  # send_task sets it
+
+    def __init__(self, task_id: str) -> None:
+        self.id = task_id
+
+
 class CeleryPublisher:
     """Publishes through one producer per thread, on its own broker connection.
 
@@ -54,7 +68,12 @@ class CeleryPublisher:
         args: list[Any],
         countdown: float | None = None,
         priority: int | None = None,
+        *,
+        ours: bool = True,
     ) -> None:
+        """``ours``: a task of ai-worker's, which has no result (``task_ignore_result``):
+        the message says so, and no result backend is built to be told of it. A user's
+        callback task keeps its own rule."""
         producer = getattr(self._local, "producer", None)
         if producer is None:
             producer = self.app.amqp.Producer(self.app.connection_for_write())
@@ -67,6 +86,8 @@ class CeleryPublisher:
                 producer=producer,
                 priority=priority,
                 retry_policy=RETRY,
+                ignore_result=True if ours else None,
+                result_cls=SentTask,
             )
         except (KombuError, OSError):
             self._local.producer = None  # start over on a fresh connection next time
@@ -118,7 +139,7 @@ class CeleryPublisher:
         )
 
     def send_callback(self, task_name: str, args: list[object]) -> None:
-        self._send(task_name, list(args))
+        self._send(task_name, list(args), ours=False)
 
     def publish_delivery(self, delivery_id: str, *, countdown: float | None = None) -> None:
         try:

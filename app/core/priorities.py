@@ -9,7 +9,7 @@ priority steps of the one ``ai_requests`` queue).
 from __future__ import annotations
 
 from app.core.errors import InvalidRequestError
-from app.db.models import Priority
+from app.db.tables import Priority
 
 HIGH = Priority.HIGH.value
 NORMAL = Priority.NORMAL.value

@@ -1,39 +1,12 @@
-"""The database layer: models, engine/session, migrations (``app.db.migrate``).
+"""The database layer: PostgreSQL in production, SQLite embedded by default.
 
-PostgreSQL in production, SQLite embedded by default; see ``app.db.session``.
-Nothing here connects at import time.
+- ``types``: the tables' ``MetaData`` and portable column types (Core);
+- ``tables``: ``ai_requests`` as a Core ``Table``, the job's status and priority;
+- ``base``, ``models``, ``agent_run_models``, ``webhook_models``, ``budget_models``:
+  the ORM models (SQLAlchemy 2, ``Mapped[]``);
+- ``session``: engines and sessions (``session_scope``), built lazily;
+- ``migrate``: the Alembic migrations from Python.
+
+Nothing here connects at import time, and importing the package imports none of its
+modules: ``aiw submit`` loads ``tables`` and ``session``, never the ORM.
 """
-
-from app.db.base import Base, TimestampMixin, utcnow
-from app.db.models import (
-    AIRequestRow,
-    ArtifactRow,
-    AttemptOutcome,
-    AttemptRow,
-    JobStatus,
-    UsageRow,
-)
-from app.db.session import (
-    database_url,
-    dispose_engines,
-    get_engine,
-    get_sessionmaker,
-    session_scope,
-)
-
-__all__ = [
-    "AIRequestRow",
-    "ArtifactRow",
-    "AttemptOutcome",
-    "AttemptRow",
-    "Base",
-    "JobStatus",
-    "TimestampMixin",
-    "UsageRow",
-    "database_url",
-    "dispose_engines",
-    "get_engine",
-    "get_sessionmaker",
-    "session_scope",
-    "utcnow",
-]

@@ -59,6 +59,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db.base import Base, BigIntPK, JSONType, TimestampMixin, UTCDateTime, utcnow
+from app.db.tables import in_list
 
 if TYPE_CHECKING:
     from app.db.models import ArtifactRow
@@ -97,16 +98,12 @@ class AgentRunEventKind(StrEnum):
     CREATE_FAILED = "create_failed"  # the run could not be created
 
 
-def _in_list(column: str, values: type[StrEnum]) -> str:
-    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
-
-
 class AgentRunRow(TimestampMixin, Base):
     """One Codegen agent run, created or tracked by ai-worker (see the module docstring)."""
 
     __tablename__ = "agent_runs"
     __table_args__ = (
-        CheckConstraint(_in_list("state", AgentRunState), name="state"),
+        CheckConstraint(in_list("state", AgentRunState), name="state"),
         Index("ix_agent_runs_state_next_poll_at", "state", "next_poll_at"),
         Index("ix_agent_runs_state_next_attempt_at", "state", "next_attempt_at"),
         Index("ix_agent_runs_created_at", "created_at"),
@@ -207,7 +204,7 @@ class AgentRunEventRow(Base):
 
     __tablename__ = "agent_run_events"
     __table_args__ = (
-        CheckConstraint(_in_list("kind", AgentRunEventKind), name="kind"),
+        CheckConstraint(in_list("kind", AgentRunEventKind), name="kind"),
         Index("ix_agent_run_events_agent_run_id_id", "agent_run_id", "id"),
     )
 

@@ -1,76 +1,24 @@
-"""Declarative base, naming convention, shared column types and mixins.
+"""The declarative base of the ORM models, and the timestamp mixin.
 
-Every constraint and index gets a predictable name from ``NAMING_CONVENTION``
-(``pk_ai_requests``, ``fk_ai_attempts_request_id_ai_requests``,
-``uq_ai_requests_idempotency_key``, ``ck_ai_requests_status``, ...), so a later
-migration can drop or alter it by name on PostgreSQL and on SQLite alike.
-
-Portable types, one definition each:
-
-- ``UTCDateTime``: ``DateTime(timezone=True)`` that always hands back an aware
-  UTC ``datetime``. PostgreSQL stores ``timestamptz``; SQLite has no time zone
-  type and would return naive values, so they are read back as UTC (and written
-  as UTC). A naive ``datetime`` is refused on write: it is always a bug here.
-- ``JSONType``: ``JSON``, ``JSONB`` on PostgreSQL. The ORM does not track
-  in-place changes of a JSON value: assign a new list/dict to save a change.
-- ``BigIntPK``: ``BIGINT`` on PostgreSQL, ``INTEGER`` on SQLite (only an
-  ``INTEGER PRIMARY KEY`` autoincrements there).
+The tables' ``MetaData`` (its naming convention) and the portable column types live in
+``app.db.types`` (SQLAlchemy Core only) and are re-exported here.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, func
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Dialect
+from sqlalchemy import func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
 
-NAMING_CONVENTION: dict[str, str] = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware, in UTC."""
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """``DateTime(timezone=True)`` that stores and returns aware UTC datetimes."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(f"naive datetime {value!r}: use an aware UTC datetime (utcnow())")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:  # SQLite: stored as UTC wall-clock time
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-
-JSONType = JSON().with_variant(JSONB(), "postgresql")
-BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+from app.db.types import METADATA, NAMING_CONVENTION, BigIntPK, JSONType, UTCDateTime, utcnow
 
 
 class Base(DeclarativeBase):
     """The declarative base of every table of ai-worker."""
 
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    metadata = METADATA
     type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime()}
 
 
@@ -88,3 +36,14 @@ class TimestampMixin:
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), nullable=False, default=utcnow, onupdate=utcnow, server_default=func.now()
     )
+
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Base",
+    "BigIntPK",
+    "JSONType",
+    "TimestampMixin",
+    "UTCDateTime",
+    "utcnow",
+]

@@ -24,6 +24,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, Numeric, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, BigIntPK, TimestampMixin, UTCDateTime, utcnow
+from app.db.tables import in_list
 
 USD = Numeric(18, 10, asdecimal=False)
 
@@ -40,17 +41,13 @@ class BudgetPolicy(StrEnum):
     FAIL = "fail"  # failed with BudgetExceededError
 
 
-def _in_list(column: str, values: type[StrEnum]) -> str:
-    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
-
-
 class BudgetRow(TimestampMixin, Base):
     """One spend cap (see the module docstring)."""
 
     __tablename__ = "budgets"
     __table_args__ = (
-        CheckConstraint(_in_list("period", BudgetPeriod), name="period"),
-        CheckConstraint(_in_list("policy", BudgetPolicy), name="policy"),
+        CheckConstraint(in_list("period", BudgetPeriod), name="period"),
+        CheckConstraint(in_list("policy", BudgetPolicy), name="policy"),
         CheckConstraint("cap_usd > 0", name="cap_positive"),
     )
 

@@ -9,10 +9,13 @@ would read every row.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
 
 MIN_PREFIX = 4  # hex digits; fewer would match too much to be a useful id
 _HEX = frozenset("0123456789abcdef")
@@ -44,7 +47,7 @@ def prefix_bounds(digits: str) -> tuple[uuid.UUID, uuid.UUID]:
 
 
 def resolve_id(
-    session: Session, column: Any, value: object, error: type[Exception], what: str
+    session: Session | Connection, column: Any, value: object, error: type[Exception], what: str
 ) -> uuid.UUID:
     """The one id in ``column`` that ``value`` is or starts; ``error`` when none or several."""
     parsed = parse_id(value, error, what)

@@ -1,7 +1,8 @@
 """The tables: AI requests (jobs), their attempts, token usage, artifacts.
 
 One row of ``ai_requests`` is one job and the source of truth for it; the
-broker only carries its id. Each try against a provider is one ``ai_attempts``
+broker only carries its id (its table, its status and priority are Core, in
+``app.db.tables``; ``AIRequestRow`` maps it). Each try against a provider is one ``ai_attempts``
 row; each successful try has exactly one ``ai_usage`` row (UNIQUE on
 ``attempt_id``, so a redelivered task can never count twice). Artifacts are
 what a job or an agent run produced (result, summary, pull requests, logs).
@@ -13,10 +14,8 @@ database; the ORM does not load the children to delete them).
 
 Decisions worth knowing:
 
-- ``ai_requests.status`` has no index of its own: the two composite indexes
-  ``(status, next_attempt_at)`` and ``(status, lease_expires_at)`` start with
-  it. Likewise ``ai_attempts.request_id`` is served by
-  ``UNIQUE(request_id, number)``.
+- ``ai_attempts.request_id`` has no index of its own: ``UNIQUE(request_id, number)``
+  serves it (as the composite indexes on ``status`` do in ``ai_requests``).
 - ``ai_usage.cost_usd`` is ``NUMERIC(18, 10)``: exact storage and exact sums in
   PostgreSQL, read as ``float`` like the rest of the provider layer (no
   ``Decimal``, which SQLite could not store exactly anyway). ``None`` means the
@@ -35,7 +34,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -48,41 +47,12 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    Uuid,
     func,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db.base import Base, BigIntPK, JSONType, TimestampMixin, UTCDateTime, utcnow
-
-
-class JobStatus(StrEnum):
-    """Where an AI request stands. ``JobStatus.TERMINAL`` never changes again."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    WAITING = "waiting"  # parked until next_attempt_at (long backoff, provider cooldown)
-    AWAITING_RUN = "awaiting_run"  # answered by a Codegen agent run: waits for it to end
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    TERMINAL: ClassVar[frozenset[JobStatus]]
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in JobStatus.TERMINAL
-
-
-JobStatus.TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
-
-
-class Priority(StrEnum):
-    """How soon a job runs, among the jobs waiting (``app.core.priorities``)."""
-
-    HIGH = "high"
-    NORMAL = "normal"
-    LOW = "low"
+from app.db.base import Base, BigIntPK, JSONType, UTCDateTime, utcnow
+from app.db.tables import AI_REQUESTS, JobStatus, Priority, in_list
 
 
 class AttemptOutcome(StrEnum):
@@ -97,76 +67,42 @@ class AttemptOutcome(StrEnum):
     DEFERRED = "deferred"  # not called: provider in cooldown, job parked
 
 
-def _in_list(column: str, values: type[StrEnum]) -> str:
-    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+class AIRequestRow(Base):
+    """One AI request (a job). ``id`` is what travels through the broker. Its table is
+    ``app.db.tables.AI_REQUESTS`` (Core, for the ORM-free submit path)."""
 
+    __table__ = AI_REQUESTS
 
-class AIRequestRow(TimestampMixin, Base):
-    """One AI request (a job). ``id`` is what travels through the broker."""
-
-    __tablename__ = "ai_requests"
-    __table_args__ = (
-        CheckConstraint(_in_list("status", JobStatus), name="status"),
-        CheckConstraint(_in_list("priority", Priority), name="priority"),
-        Index("ix_ai_requests_status_next_attempt_at", "status", "next_attempt_at"),
-        Index("ix_ai_requests_status_lease_expires_at", "status", "lease_expires_at"),
-        Index("ix_ai_requests_status_published_at", "status", "published_at"),
-        Index("ix_ai_requests_created_at", "created_at"),
-        Index("ix_ai_requests_provider_used_created_at", "provider_used", "created_at"),
-    )
-
-    id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True, default=uuid.uuid4)
-    kind: Mapped[str] = mapped_column(
-        String(32), nullable=False, default="ai_request", server_default="ai_request"
-    )
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default=JobStatus.QUEUED)
-
-    # Providers: what the caller forced (None = automatic), the order to try,
-    # where in that order we are now, and who answered.
-    provider_requested: Mapped[str | None] = mapped_column(String(64))
-    provider_chain: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
-    provider_index: Mapped[int] = mapped_column(
-        Integer, nullable=False, default=0, server_default="0"
-    )
-    provider_used: Mapped[str | None] = mapped_column(String(64))
-    model: Mapped[str | None] = mapped_column(String(255))
-    # While answered by Codegen: the tracked agent run (``agent_runs.id``) it waits for.
-    # No foreign key: ``agent_runs.ai_request_id`` is the one (a cycle otherwise).
-    agent_run_id: Mapped[int | None] = mapped_column(BigInteger)
-
-    # The request itself.
-    prompt: Mapped[str] = mapped_column(Text, nullable=False)
-    system_prompt: Mapped[str | None] = mapped_column(Text)
-    parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
-    tags: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
-    subject: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
-
-    # Outcome.
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
-    error_type: Mapped[str | None] = mapped_column(String(128))
-    error_message: Mapped[str | None] = mapped_column(Text)
-
-    # Scheduling and ownership. ``priority`` (high, normal, low) goes with every message.
-    priority: Mapped[str] = mapped_column(
-        String(8), nullable=False, default=Priority.NORMAL, server_default=Priority.NORMAL.value
-    )
-    attempt_count: Mapped[int] = mapped_column(
-        Integer, nullable=False, default=0, server_default="0"
-    )
-    retries_on_provider: Mapped[int] = mapped_column(
-        Integer, nullable=False, default=0, server_default="0"
-    )
-    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    claim_token: Mapped[str | None] = mapped_column(String(36))
-    # When a message for this job last went to the broker; None while a long wait is
-    # parked here with no message out. The sweep publishes again from these.
-    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
-    callback: Mapped[str | None] = mapped_column(String(255))  # a Celery task name
-
-    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    id: Mapped[uuid.UUID]
+    kind: Mapped[str]
+    status: Mapped[str]
+    provider_requested: Mapped[str | None]
+    provider_chain: Mapped[list[str]]
+    provider_index: Mapped[int]
+    provider_used: Mapped[str | None]
+    model: Mapped[str | None]
+    agent_run_id: Mapped[int | None]
+    prompt: Mapped[str]
+    system_prompt: Mapped[str | None]
+    parameters: Mapped[dict[str, Any]]
+    tags: Mapped[list[str]]
+    subject: Mapped[dict[str, Any] | None]
+    result: Mapped[dict[str, Any] | None]
+    error_type: Mapped[str | None]
+    error_message: Mapped[str | None]
+    priority: Mapped[str]
+    attempt_count: Mapped[int]
+    retries_on_provider: Mapped[int]
+    next_attempt_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]
+    claim_token: Mapped[str | None]
+    published_at: Mapped[datetime | None]
+    idempotency_key: Mapped[str | None]
+    callback: Mapped[str | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
 
     attempts: Mapped[list[AttemptRow]] = relationship(
         back_populates="request",
@@ -192,7 +128,7 @@ class AttemptRow(Base):
     __tablename__ = "ai_attempts"
     __table_args__ = (
         UniqueConstraint("request_id", "number"),
-        CheckConstraint(_in_list("outcome", AttemptOutcome), name="outcome"),
+        CheckConstraint(in_list("outcome", AttemptOutcome), name="outcome"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
@@ -299,6 +235,7 @@ __all__ = [
     "AttemptOutcome",
     "AttemptRow",
     "JobStatus",
+    "Priority",
     "UsageRow",
 ]
 

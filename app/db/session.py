@@ -22,10 +22,11 @@ Dialects:
   ``session.begin_nested()`` behave as on PostgreSQL.
 
 The transaction boundary is ``session_scope()``: it commits on success, rolls
-back on any exception and always closes. Helpers that take a ``Session`` flush
-if they need ids but never commit. Sessions do not expire objects on commit, so
-plain attributes of rows stay readable after the scope closes (relationships
-are ``lazy="raise"`` anyway).
+back on any exception and always closes (``statement_scope()`` is its Core
+counterpart for a statement that stands alone: ``aiw submit`` imports no ORM).
+Helpers that take a ``Session`` flush if they need ids but never commit.
+Sessions do not expire objects on commit, so plain attributes of rows stay
+readable after the scope closes (relationships are ``lazy="raise"`` anyway).
 
 Engines are made on first use, so a Celery prefork child normally builds its
 own. If a child may have inherited engines from its parent, call
@@ -43,10 +44,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.engine import URL, Connection, make_url
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
     from app.config import Settings
 
 SQLITE_FILENAME = "aiw.sqlite3"
@@ -218,6 +220,8 @@ def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
     with _lock:
         factory = _sessionmakers.get(key)
         if factory is None:
+            from sqlalchemy.orm import sessionmaker  # not on the ORM-free paths (aiw submit)
+
             factory = _sessionmakers[key] = sessionmaker(bind=engine, expire_on_commit=False)
         return factory
 
@@ -234,6 +238,21 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def statement_scope(url: str | None = None) -> Iterator[Connection]:
+    """A Core connection for a statement that stands alone, committed when the block ends
+    without an error: on PostgreSQL the hot engine's (autocommit: no ping, no BEGIN, each
+    statement atomic by itself), elsewhere a transaction on ``get_engine`` (on SQLite a
+    ``BEGIN IMMEDIATE``). No ORM: what ``aiw submit`` writes and reads goes through here."""
+    key = url or database_url()
+    if key.startswith("postgresql"):
+        with get_hot_engine(key).connect() as conn:
+            yield conn
+    else:
+        with get_engine(key).begin() as conn:
+            yield conn
 
 
 _AFTER_COMMIT = "aiw.after_commit"

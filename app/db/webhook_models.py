@@ -45,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, BigIntPK, JSONType, TimestampMixin, UTCDateTime, utcnow
+from app.db.tables import in_list
 
 
 class DeliveryStatus(StrEnum):
@@ -54,10 +55,6 @@ class DeliveryStatus(StrEnum):
     SUCCEEDED = "succeeded"  # a 2xx was received; never sent again automatically
     FAILED = "failed"  # the retry schedule is spent, or the receiver answered 410
     ABANDONED = "abandoned"  # its endpoint was disabled before it got through
-
-
-def _in_list(column: str, values: type[StrEnum]) -> str:
-    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
 class WebhookEndpointRow(TimestampMixin, Base):
@@ -105,7 +102,7 @@ class WebhookDeliveryRow(TimestampMixin, Base):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         UniqueConstraint("event_id", "endpoint_id"),
-        CheckConstraint(_in_list("status", DeliveryStatus), name="status"),
+        CheckConstraint(in_list("status", DeliveryStatus), name="status"),
         # The sweep: pending deliveries that are due and have no live message.
         Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),

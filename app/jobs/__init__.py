@@ -39,16 +39,8 @@ if TYPE_CHECKING:
         track_agent_run,
     )
     from app.jobs.budget_admin import Budget, budgets, delete_budget, set_budget
-    from app.jobs.service import (
-        Attempt,
-        Job,
-        JobHandle,
-        cancel,
-        get_attempts,
-        get_job,
-        list_jobs,
-        submit,
-    )
+    from app.jobs.job_admin import Attempt, cancel, get_attempts, list_jobs
+    from app.jobs.service import Job, JobHandle, get_job, submit
     from app.jobs.stats import usage_stats
 
 _WHERE = {
@@ -70,11 +62,8 @@ _WHERE = {
         ),
         "app.jobs.agent_runs.service",
     ),
-    **dict.fromkeys(
-        ("Attempt", "Job", "JobHandle", "cancel", "get_attempts", "get_job", "list_jobs",
-         "submit"),
-        "app.jobs.service",
-    ),
+    **dict.fromkeys(("Attempt", "cancel", "get_attempts", "list_jobs"), "app.jobs.job_admin"),
+    **dict.fromkeys(("Job", "JobHandle", "get_job", "submit"), "app.jobs.service"),
     **dict.fromkeys(("Budget", "budgets", "delete_budget", "set_budget"), "app.jobs.budget_admin"),
     "usage_stats": "app.jobs.stats",
 }  # fmt: skip

@@ -9,6 +9,11 @@ the row (status ``queued``), commits, and only then publishes a message that
 carries the row id. If publishing fails the job is still accepted: the sweep
 publishes it later. The database is the source of truth; the broker is only
 the transport.
+
+``aiw submit`` is a new process each time, so what it runs (``submit``, ``get_job``)
+writes and reads the row with SQLAlchemy Core on ``app.db.tables.AI_REQUESTS`` and never
+imports the ORM; listing jobs, their attempts and cancelling (the ORM models) are in
+``app.jobs.job_admin``.
 """
 
 from __future__ import annotations
@@ -17,12 +22,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from app.ai.base import AIProvider, AIRequest, AIResponse, check_json_text, check_text
@@ -37,34 +42,19 @@ from app.core.errors import (
 )
 from app.core.priorities import NORMAL, check_priority
 from app.core.publisher import PublishError, get_publisher
-from app.db.base import utcnow
 from app.db.ids import parse_id, resolve_id
-from app.db.models import AIRequestRow, AttemptOutcome, AttemptRow, JobStatus
-from app.db.session import database_url, get_hot_engine, session_scope
+from app.db.session import statement_scope
+from app.db.tables import AI_REQUESTS, JobStatus
+from app.db.types import utcnow
+
+if TYPE_CHECKING:
+    from app.jobs.job_admin import Attempt
 
 log = logging.getLogger(__name__)
 
 MAX_TAGS = 50
 MAX_KEY_LENGTH = 255
 _TASK_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
-
-
-class Attempt(BaseModel):
-    model_config = ConfigDict(from_attributes=True, frozen=True)
-
-    number: int
-    provider: str
-    model: str | None
-    outcome: str
-    http_status: int | None
-    latency_s: float | None
-    retry_after_s: float | None
-    error_type: str | None
-    error_message: str | None
-    agent_run_id: int | None = None  # the tracked agent run that answers this try
-    detail: str | None = None  # why it ended so, when the outcome alone does not say
-    started_at: datetime
-    finished_at: datetime | None
 
 
 class Job(BaseModel):
@@ -106,15 +96,15 @@ class Job(BaseModel):
         return None if self.result is None else AIResponse.model_validate(self.result)
 
 
-def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID:
+def parse_job_id(job_id: uuid.UUID | str) -> uuid.UUID:
     """A job's id from a UUID or the unique start of one (``aiw jobs`` prints 8 digits)."""
     if isinstance(job_id, uuid.UUID):
         return job_id
     parsed = parse_id(job_id, JobNotFoundError, "job")
     if isinstance(parsed, uuid.UUID):
         return parsed
-    with session_scope() as session:
-        return resolve_id(session, AIRequestRow.id, job_id, JobNotFoundError, "job")
+    with statement_scope() as conn:
+        return resolve_id(conn, AI_REQUESTS.c.id, job_id, JobNotFoundError, "job")
 
 
 def _check_json(name: str, value: Any) -> None:
@@ -291,18 +281,14 @@ def submit(
     return JobHandle(job_id)
 
 
-_INSERT = insert(AIRequestRow)
+_INSERT = insert(AI_REQUESTS)
 
 
 def _insert(values: dict[str, Any]) -> None:
-    """One INSERT: on PostgreSQL in autocommit on the hot engine (no ping, no BEGIN)."""
-    url = database_url()
-    if url.startswith("postgresql"):
-        with get_hot_engine(url).connect() as conn:
-            conn.execute(_INSERT, values)
-    else:
-        with session_scope() as session:
-            session.execute(_INSERT, values)
+    """One INSERT, committed: on PostgreSQL in autocommit on the hot engine (no ping, no
+    BEGIN)."""
+    with statement_scope() as conn:
+        conn.execute(_INSERT, values)
 
 
 def publish(job_id: uuid.UUID, countdown: float | None = None, *, priority: str) -> bool:
@@ -323,124 +309,25 @@ def publish(job_id: uuid.UUID, countdown: float | None = None, *, priority: str)
 
 
 def _find_by_key(key: str) -> uuid.UUID | None:
-    with session_scope() as session:
-        return session.scalar(select(AIRequestRow.id).where(AIRequestRow.idempotency_key == key))
-
-
-_JOBS = AIRequestRow.__table__
+    with statement_scope() as conn:
+        found: uuid.UUID | None = conn.scalar(
+            select(AI_REQUESTS.c.id).where(AI_REQUESTS.c.idempotency_key == key)
+        )
+        return found
 
 
 def get_job(job_id: uuid.UUID | str) -> Job:
     """The job as it stands now; ``JobNotFoundError`` when there is none.
 
     A Core SELECT of the row (its columns are named as the model's attributes): the
-    same values as ``session.get``, without configuring every ORM mapper on the first
-    read of a process (a third of a short-lived ``aiw submit``'s database time)."""
-    jid = _parse_id(job_id)
-    with session_scope() as session:
-        row = session.execute(select(_JOBS).where(_JOBS.c.id == jid)).mappings().first()
+    same values as ``session.get``, without importing the ORM or configuring every
+    mapper on the first read of a process (``aiw submit``)."""
+    jid = parse_job_id(job_id)
+    with statement_scope() as conn:
+        row = conn.execute(select(AI_REQUESTS).where(AI_REQUESTS.c.id == jid)).mappings().first()
     if row is None:
         raise JobNotFoundError(f"no job {job_id}")
     return Job.model_validate(dict(row))
-
-
-def get_attempts(job_id: uuid.UUID | str) -> list[Attempt]:
-    with session_scope() as session:
-        rows = session.scalars(
-            select(AttemptRow)
-            .where(AttemptRow.request_id == _parse_id(job_id))
-            .order_by(AttemptRow.number)
-        )
-        return [Attempt.model_validate(r) for r in rows]
-
-
-def list_jobs(
-    status: str | Iterable[str] | None = None,
-    provider: str | None = None,
-    tag: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> list[Job]:
-    """Newest first. ``status`` one or several; ``provider`` matches the one that answered."""
-    if not 0 < limit <= 1000:
-        raise InvalidRequestError("limit must be between 1 and 1000")
-    query = select(AIRequestRow).order_by(AIRequestRow.created_at.desc(), AIRequestRow.id)
-    if status is not None:
-        wanted = [status] if isinstance(status, str) else list(status)
-        unknown = [s for s in wanted if s not in {m.value for m in JobStatus}]
-        if unknown:
-            raise InvalidRequestError(
-                f"unknown status {unknown[0]!r}; one of {', '.join(m.value for m in JobStatus)}"
-            )
-        query = query.where(AIRequestRow.status.in_(wanted))
-    if provider is not None:
-        query = query.where(AIRequestRow.provider_used == provider)
-    if since is not None:
-        query = query.where(AIRequestRow.created_at >= since)
-    if until is not None:
-        query = query.where(AIRequestRow.created_at < until)
-    with session_scope() as session:
-        rows = list(session.scalars(query.limit(limit if tag is None else 1000).offset(offset)))
-        jobs = [Job.model_validate(r) for r in rows]
-    if tag is not None:  # tags are a JSON list: filter here, portable across databases
-        jobs = [j for j in jobs if tag in j.tags][:limit]
-    return jobs
-
-
-def cancel(job_id: uuid.UUID | str) -> bool:
-    """Cancel a job that has not finished. True if it was cancelled now.
-
-    A try already in flight is not interrupted, but its answer is discarded (its usage,
-    paid for, is still counted). A job answered by a Codegen agent run stops waiting
-    for it; Codegen has no cancel endpoint, so the run goes on there and stays tracked
-    as an agent run of its own (``aiw agent show``).
-    """
-    now = utcnow()
-    jid = _parse_id(job_id)
-    with session_scope() as session:
-        session.execute(
-            update(AttemptRow)
-            .where(
-                AttemptRow.request_id == jid,
-                AttemptRow.outcome == AttemptOutcome.STARTED,
-                AttemptRow.agent_run_id.is_not(None),
-                AttemptRow.request_id.in_(
-                    select(AIRequestRow.id).where(
-                        AIRequestRow.id == jid, AIRequestRow.status == JobStatus.AWAITING_RUN
-                    )
-                ),
-            )
-            .values(
-                outcome=AttemptOutcome.SUPERSEDED,
-                finished_at=now,
-                detail="cancelled while its Codegen agent run went on (Codegen cannot cancel)",
-            )
-            .execution_options(synchronize_session=False)
-        )
-        result = session.execute(
-            update(AIRequestRow)
-            .where(
-                AIRequestRow.id == jid,
-                AIRequestRow.status.not_in([s.value for s in JobStatus.TERMINAL]),
-            )
-            .values(
-                status=JobStatus.CANCELLED,
-                finished_at=now,
-                updated_at=now,
-                claim_token=None,
-                lease_expires_at=None,
-                next_attempt_at=None,
-                error_type="Cancelled",
-                error_message="cancelled by the user",
-            )
-            .execution_options(synchronize_session=False)
-        )
-        changed = bool(getattr(result, "rowcount", 0))
-        if not changed and session.get(AIRequestRow, jid) is None:
-            raise JobNotFoundError(f"no job {job_id}")
-        return changed
 
 
 def _idle(job: Job) -> str:
@@ -457,7 +344,7 @@ class JobHandle:
     """What ``submit`` returns: the id, and ways to follow the job."""
 
     def __init__(self, job_id: uuid.UUID | str) -> None:
-        self.id = _parse_id(job_id)
+        self.id = parse_job_id(job_id)
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id}>"
@@ -501,7 +388,11 @@ class JobHandle:
         raise JobNotFinishedError(f"job {self.id} is {job.status}")
 
     def cancel(self) -> bool:
+        from app.jobs.job_admin import cancel
+
         return cancel(self.id)
 
     def attempts(self) -> list[Attempt]:
+        from app.jobs.job_admin import get_attempts
+
         return get_attempts(self.id)

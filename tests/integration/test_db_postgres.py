@@ -11,16 +11,9 @@ from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db import (
-    AIRequestRow,
-    ArtifactRow,
-    AttemptRow,
-    JobStatus,
-    UsageRow,
-    get_engine,
-    migrate,
-    session_scope,
-)
+from app.db import migrate
+from app.db.models import AIRequestRow, ArtifactRow, AttemptRow, JobStatus, UsageRow
+from app.db.session import get_engine, session_scope
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
 from app.core.errors import JobNotFoundError
-from app.db import AIRequestRow
 from app.db.ids import prefix_bounds, resolve_id
+from app.db.models import AIRequestRow
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, pool
 
-from app.db import Base, migrate
+from app.db import migrate
+from app.db.base import Base
 from app.db.session import create_engine_for
 
 TABLES = {

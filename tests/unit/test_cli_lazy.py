@@ -1,8 +1,8 @@
-"""What ``aiw submit`` imports: the command's own module, settings, SQLAlchemy and the
-database driver, Celery (its publisher); not the other command groups, the worker's
-tasks and signals, the provider SDKs, rich, the Codegen HTTP client, the metrics
-exporter or Alembic (it starts as a new process each time: every import is paid on
-every submit)."""
+"""What ``aiw submit`` imports: the command's own module, settings, SQLAlchemy Core
+(not the ORM, nor the models: ``app.db.tables``) and the database driver, Celery (its
+publisher); not the other command groups, the worker's tasks and signals, the provider
+SDKs, rich, the Codegen HTTP client, the metrics exporter or Alembic (it starts as a new
+process each time: every import is paid on every submit)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ NOT_ON_SUBMIT = (
     "app.integrations", "app.codegen.client", "app.codegen.agent",
     "app.ai.openai_provider", "app.shell.display", "app.shell.tables", "app.shell.metrics",
     "app.webhooks", "app.jobs.agent_runs", "app.sandbox",
+    # The ORM: submit writes and reads its one row with Core (app.db.tables).
+    "sqlalchemy.orm", "app.db.models", "app.db.base", "app.db.agent_run_models",
+    "app.db.webhook_models", "app.db.budget_models", "app.jobs.job_admin",
+    # Celery's result machinery: ai-worker has no result backend (workers.publisher).
+    "celery.backends", "celery.result",
 )  # fmt: skip
 
 #: Run ``aiw submit`` in a fresh interpreter and print what it imported (at exit, so the

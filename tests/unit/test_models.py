@@ -13,21 +13,23 @@ from sqlalchemy.exc import IntegrityError, InvalidRequestError, StatementError
 from sqlalchemy.orm import Session
 
 from app.config import load_settings
-from app.db import (
+from app.db.agent_run_models import AgentRunRow
+from app.db.models import (
     AIRequestRow,
     ArtifactRow,
     AttemptOutcome,
     AttemptRow,
     JobStatus,
     UsageRow,
+)
+from app.db.session import (
     database_url,
     dispose_engines,
     get_engine,
     get_sessionmaker,
     session_scope,
-    utcnow,
 )
-from app.db.agent_run_models import AgentRunRow
+from app.db.types import utcnow
 
 
 def _request(**values: object) -> AIRequestRow:
