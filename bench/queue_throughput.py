@@ -11,7 +11,8 @@ concurrency), started and warmed up (one task) before the clock starts:
   (``bench.handwritten``: openai SDK call, one INSERT); from the first send to the
   N-th row.
 - aiworker: ``app.jobs.submit`` (row + publish), the task (claim, call over HTTP,
-  record attempt + usage + job); from the first submit to the N-th job succeeded.
+  record attempt + usage + job); from the first submit to the N-th answer recorded
+  (``harness.answers_recorded``), and every job checked succeeded at the end.
 
 CPU ms/job is the worker process(es)' utime+stime (with children, from /proc) over the
 timed jobs; peak RSS is the worker's VmHWM. The producers' and the fake server's CPU
@@ -41,7 +42,9 @@ from bench.harness import (
     Bed,
     CaseResult,
     Workers,
+    answers_recorded,
     bed,
+    jobs_succeeded,
     parse_cases,
     print_load,
     print_table,
@@ -128,16 +131,7 @@ def main() -> None:
 
     def aiworker(b: Bed) -> CaseResult:
         # Imported here: a broken whole path fails this case only.
-        from sqlalchemy import func, select
-
-        from app.db.models import AIRequestRow, JobStatus
-        from app.db.session import session_scope
         from app.jobs import submit
-
-        def succeeded() -> int:
-            with session_scope() as s:
-                return s.scalar(select(func.count()).select_from(AIRequestRow)
-                                .where(AIRequestRow.status == JobStatus.SUCCEEDED)) or 0
 
         # The AI worker of ``aiw up`` and compose: the ai_requests queue alone (its
         # BRPOP names that queue's priority lists only).
@@ -146,11 +140,14 @@ def main() -> None:
             job = submit("warm up").wait(timeout=60)
             if job.status != "succeeded":
                 raise RuntimeError(f"warm-up job ended {job.status}")
-            return timed(
+            result = timed(
                 "aiworker", n, w,
                 lambda: list(pool.map(lambda i: submit(f"bench {i}"), range(n))),
-                succeeded,
+                answers_recorded,
             )
+        if jobs_succeeded() != n + 1:
+            raise RuntimeError(f"{jobs_succeeded()} jobs succeeded, not {n + 1}")
+        return result
 
     cases = {"noop": noop, "handwritten": hand, "aiworker": aiworker}
     try:

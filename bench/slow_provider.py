@@ -12,7 +12,8 @@ one). Cases:
   no provider, so there is no ideal: the ceiling of the queue itself.
 - handwritten: a plain Celery app of its own (``bench.handwritten``: openai SDK call,
   one INSERT), jobs sent with ``send_task`` and a prompt; done = rows in its table.
-- aiworker: ``app.jobs.submit``; done = jobs succeeded.
+- aiworker: ``app.jobs.submit``; done = answers recorded (``harness.answers_recorded``),
+  and every job checked succeeded at the end.
 
 CPU ms/job is the worker process(es)' utime+stime (with children, from /proc) from
 "ready" to the last completion, over N; "machine ms/job" the whole machine's busy CPU
@@ -38,7 +39,9 @@ from bench.harness import (
     Bed,
     CaseResult,
     Workers,
+    answers_recorded,
     bed,
+    jobs_succeeded,
     parse_cases,
     print_load,
     print_table,
@@ -132,21 +135,15 @@ def main() -> None:
 
     def aiworker(b: Bed) -> CaseResult:
         # Imported here: a broken whole path fails this case only.
-        from sqlalchemy import func, select
-
-        from app.db.models import AIRequestRow, JobStatus
-        from app.db.session import session_scope
         from app.jobs import submit
-
-        def succeeded() -> int:
-            with session_scope() as s:
-                return s.scalar(select(func.count()).select_from(AIRequestRow)
-                                .where(AIRequestRow.status == JobStatus.SUCCEEDED)) or 0
 
         for i in range(n):
             submit(f"slow {i}")
-        return drain(b, "aiworker", n, args.workers, per, ideal, succeeded,
-                     queues="ai_requests")
+        result = drain(b, "aiworker", n, args.workers, per, ideal, answers_recorded,
+                       queues="ai_requests")
+        if jobs_succeeded() != n:
+            raise RuntimeError(f"{jobs_succeeded()} jobs succeeded, not {n}")
+        return result
 
     cases = {"noop": noop, "handwritten": hand, "aiworker": aiworker}
     results = []
