@@ -15,17 +15,22 @@ gives that path and nothing else:
   database that is down, which ``app.db.claims.record_durably`` waits out), and a
   connection the dialect sees as disconnected is invalidated, so the pool drops it.
 
+``insert_row`` is one INSERT of a Core table's row as driver SQL on that cursor (submit's
+row: every job's first statement).
+
 PostgreSQL only; SQLite takes the portable path of its callers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import json
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from sqlalchemy import exc
+from sqlalchemy import JSON, Table, exc
 
 from app.db.session import get_hot_engine
 
@@ -60,4 +65,26 @@ def hot_cursor(url: str | None = None) -> Iterator[psycopg.Cursor[Any]]:
             pooled.close()
 
 
-__all__ = ["hot_cursor"]
+def insert_row(table: Table, values: Mapping[str, Any], url: str | None = None) -> None:
+    """INSERT ``values`` (column name -> value) into ``table``, committed: the JSON
+    columns (by the table's types) sent as JSON text, the rest as psycopg adapts them.
+    Constraint errors leave as SQLAlchemy's (``IntegrityError``)."""
+    columns = tuple(values)
+    json_columns = _json_columns(table)
+    params = {c: json.dumps(v) if c in json_columns else v for c, v in values.items()}
+    with hot_cursor(url) as cur:
+        cur.execute(_insert_sql(table.name, columns, json_columns), params)
+
+
+@functools.cache
+def _json_columns(table: Table) -> frozenset[str]:
+    return frozenset(c.name for c in table.c if isinstance(c.type, JSON))
+
+
+@functools.cache
+def _insert_sql(name: str, columns: tuple[str, ...], json_columns: frozenset[str]) -> str:
+    values = (f"%({c})s::jsonb" if c in json_columns else f"%({c})s" for c in columns)
+    return f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join(values)})"
+
+
+__all__ = ["hot_cursor", "insert_row"]

@@ -42,8 +42,9 @@ from app.core.errors import (
 )
 from app.core.priorities import NORMAL, check_priority
 from app.core.publisher import PublishError, get_publisher
+from app.db.hot import insert_row
 from app.db.ids import parse_id, resolve_id
-from app.db.session import statement_scope
+from app.db.session import database_url, statement_scope
 from app.db.tables import AI_REQUESTS, JobStatus
 from app.db.types import utcnow
 
@@ -285,9 +286,14 @@ _INSERT = insert(AI_REQUESTS)
 
 
 def _insert(values: dict[str, Any]) -> None:
-    """One INSERT, committed: on PostgreSQL in autocommit on the hot engine (no ping, no
-    BEGIN)."""
-    with statement_scope() as conn:
+    """One INSERT, committed: on PostgreSQL one autocommit statement on the hot cursor
+    (``app.db.hot``: every job's first statement); elsewhere the Core statement in a
+    transaction."""
+    url = database_url()
+    if url.startswith("postgresql"):
+        insert_row(AI_REQUESTS, values, url)
+        return
+    with statement_scope(url) as conn:
         conn.execute(_INSERT, values)
 
 
