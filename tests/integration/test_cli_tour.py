@@ -158,6 +158,14 @@ def _until(proc: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path) 
         time.sleep(0.2)
 
 
+def _answers(url: str) -> bool:
+    """Whether ``url`` answers 200; False while nothing listens yet (Flower starting)."""
+    try:
+        return http(url)[0] == 200
+    except OSError:  # URLError: connection refused, not up yet
+        return False
+
+
 def test_celery_finds_the_app_by_the_package_name(
     tmp_path: Path, redis_url: str, migrated_sqlite_url: str
 ) -> None:
@@ -175,7 +183,7 @@ def test_celery_finds_the_app_by_the_package_name(
     flower = _start(["flower", "--address=127.0.0.1", f"--port={port}"], env, flower_log)
     try:
         _until(worker, lambda: "ready." in worker_log.read_text(errors="replace"), worker_log)
-        _until(flower, lambda: http(f"http://127.0.0.1:{port}/healthcheck")[0] == 200, flower_log)
+        _until(flower, lambda: _answers(f"http://127.0.0.1:{port}/healthcheck"), flower_log)
         assert "has no attribute 'celery'" not in worker_log.read_text() + flower_log.read_text()
     finally:
         for proc in (worker, flower):
