@@ -270,5 +270,4 @@ def _not_claimed(row: AIRequestRow, now: datetime, settings: Settings) -> Outcom
     return Outcome(jid, "skipped", status, reason="owned by another worker")
 
 
-
 __all__ = ["LOST_DETAIL", "claim_try"]

@@ -129,8 +129,6 @@ def claim(
     return row
 
 
-
-
 @functools.cache
 def _record_sql(job_columns: tuple[str, ...], with_usage: bool, event: bool, fence: str) -> str:
     sets = ", ".join(f"{c} = %(j_{c})s{_JOB_CASTS.get(c, '')}" for c in job_columns)
